@@ -1,0 +1,291 @@
+/* unochat firmware: a chat model on an Arduino UNO.
+ *
+ * Serial at 115200 8N1. A line (ended by CR, LF or CRLF) is a chat query; the reply is printed
+ * character by character as it is generated, then CRLF. A line whose first byte is '!' is a machine
+ * command (README, "Serial protocol"):
+ *   !s<token>      sync: echoes "!s<token>", so a host can find the start of fresh output
+ *   !i             model and firmware info
+ *   !t <query>     "!t step=<c,...> query=<c> total=<c> layers=<c,...> n=<chars> reply=<reply>" with
+ *                  Timer1 cycles per step (the last one finds EOS), for the query features, in all,
+ *                  and per layer summed over the steps
+ *   !x <hex>       logits of a raw input vector (2 hex digits per input): "!x <l0>,<l1>,..."
+ *   !m             free SRAM now and the least free SRAM since reset (stack high-water mark)
+ * Errors come back as "!e <reason>". Bytes are handled as they arrive: a line longer than the buffers
+ * is cut, never overflows; binary bytes are dropped by the line editor.
+ * The model itself is generated into firmware/generated/ by `unochat export`. */
+#include <Arduino.h>
+#include <avr/sleep.h>
+
+#include "../generated/unochat_model.h"
+
+/* ---- cycle counter: Timer1 at the CPU clock, extended to 32 bits by its overflow interrupt -------- */
+static volatile uint16_t timer1_overflows;
+
+ISR(TIMER1_OVF_vect) { timer1_overflows++; }
+
+static void cycles_begin()
+{
+    TCCR1A = 0; /* the Arduino core sets Timer1 up for PWM; we need a plain counter */
+    TCCR1B = _BV(CS10);
+    TCNT1 = 0;
+    TIFR1 = _BV(TOV1);
+    TIMSK1 = _BV(TOIE1);
+}
+
+static uint32_t cycles()
+{
+    uint8_t sreg = SREG;
+    cli();
+    uint16_t low = TCNT1;
+    uint16_t high = timer1_overflows;
+    /* an overflow that happened after cli() is pending, not yet counted */
+    if ((TIFR1 & _BV(TOV1)) && low < 0x8000) high++;
+    SREG = sreg;
+    return ((uint32_t)high << 16) | low;
+}
+
+/* ---- per-layer profile: the generated C calls this between layers when UNOCHAT_PROFILE is set ---- */
+static uint32_t layer_cycles[UNOCHAT_N_LAYERS];
+static uint32_t layer_mark;
+
+extern "C" void unochat_profile_layer(uint8_t layer)
+{
+    uint32_t now = cycles();
+    layer_cycles[layer] += now - layer_mark;
+    layer_mark = now;
+}
+
+extern "C" void unochat_profile_start() { layer_mark = cycles(); }
+
+/* ---- stack high-water mark: paint free SRAM at boot, later find how far the stack reached -------- */
+extern uint8_t __heap_start;
+extern char *__brkval;
+static const uint8_t PAINT = 0xA5;
+
+static uint8_t *heap_end() { return __brkval ? (uint8_t *)__brkval : &__heap_start; }
+
+static void paint_stack()
+{
+    uint8_t here;
+    for (uint8_t *p = heap_end(); p < &here - 32; p++) *p = PAINT;
+}
+
+static uint16_t free_now()
+{
+    uint8_t here;
+    return (uint16_t)(&here - heap_end());
+}
+
+static uint16_t free_least()
+{
+    uint8_t *p = heap_end();
+    while (p < (uint8_t *)RAMEND && *p == PAINT) p++;
+    return (uint16_t)(p - heap_end());
+}
+
+/* ---- output ------------------------------------------------------------------------------------- */
+static void print_info()
+{
+    Serial.print(F("!i unochat=" UNOCHAT_VERSION " "));
+    Serial.print((const __FlashStringHelper *)unochat_model_info);
+    Serial.print(F(" inputs=" ));
+    Serial.print(UNOCHAT_N_INPUTS);
+    Serial.print(F(" outputs="));
+    Serial.print(UNOCHAT_N_OUTPUTS);
+    Serial.print(F(" max_query="));
+    Serial.print(UNOCHAT_MAX_QUERY);
+    Serial.print(F(" max_reply="));
+    Serial.print(UNOCHAT_MAX_REPLY);
+    Serial.print(F(" f_cpu="));
+    Serial.println(F_CPU);
+}
+
+/* ---- chat --------------------------------------------------------------------------------------- */
+static unochat_state_t state;
+static char reply[UNOCHAT_MAX_REPLY];
+
+static void chat(const char *query, uint8_t len)
+{
+    int16_t c;
+    unochat_start(&state, query, len);
+    while ((c = unochat_step(&state)) >= 0) Serial.write((char)c);
+    Serial.println();
+}
+
+/* The same generation, timed. Each step's cycles are printed as soon as they are known, outside the
+ * timed region (printing waits for the UART, not for the model), so no per-step table is kept. */
+static void timed_chat(const char *query, uint8_t len)
+{
+    uint8_t n = 0;
+    int16_t c;
+    memset(layer_cycles, 0, sizeof layer_cycles);
+    uint32_t start = cycles();
+    unochat_start(&state, query, len);
+    uint32_t query_cycles = cycles() - start;
+    uint32_t total = query_cycles;
+    Serial.print(F("!t step="));
+    for (;;) {
+        uint32_t mark = cycles();
+        c = unochat_step(&state);
+        uint32_t spent = cycles() - mark;
+        total += spent;
+        if (n) Serial.write(',');
+        Serial.print(spent);
+        if (c < 0) break;
+        reply[n++] = (char)c;
+    }
+    Serial.print(F(" query="));
+    Serial.print(query_cycles);
+    Serial.print(F(" total="));
+    Serial.print(total);
+    Serial.print(F(" layers="));
+    for (uint8_t k = 0; k < UNOCHAT_N_LAYERS; k++) {
+        if (k) Serial.write(',');
+        Serial.print(layer_cycles[k]);
+    }
+    Serial.print(F(" n="));
+    Serial.print(n);
+    Serial.print(F(" reply="));
+    Serial.write((const uint8_t *)reply, n);
+    Serial.println();
+}
+
+/* ---- input: one state machine over received bytes ------------------------------------------------ */
+enum Mode : uint8_t { LINE_START, CHAT, COMMAND, HEX_INPUT };
+
+static Mode mode = LINE_START;
+static unochat_line_t line;
+static char command;
+static uint16_t nibbles;
+static bool hex_bad;
+
+static int8_t hex_value(uint8_t b)
+{
+    if (b >= '0' && b <= '9') return b - '0';
+    if (b >= 'a' && b <= 'f') return b - 'a' + 10;
+    if (b >= 'A' && b <= 'F') return b - 'A' + 10;
+    return -1;
+}
+
+static void hex_feed(uint8_t b)
+{
+    if (b == ' ') return;
+    int8_t v = hex_value(b);
+    if (v < 0 || nibbles >= 2 * UNOCHAT_N_INPUTS) {
+        hex_bad = true;
+        return;
+    }
+    uint8_t *x = &state.x[nibbles >> 1];
+    *x = (nibbles & 1) ? (uint8_t)(*x | v) : (uint8_t)(v << 4);
+    nibbles++;
+}
+
+static void run_command()
+{
+    switch (command) {
+    case 's':
+        Serial.print(F("!s"));
+        Serial.write((const uint8_t *)line.text, line.len);
+        Serial.println();
+        break;
+    case 'i':
+        print_info();
+        break;
+    case 't':
+        timed_chat(line.text, line.len);
+        break;
+    case 'x':
+        if (hex_bad || nibbles != 2 * UNOCHAT_N_INPUTS) {
+            Serial.println(F("!e x needs exactly 2 hex digits per input"));
+            break;
+        }
+        unochat_logits(state.x, state.logits);
+        Serial.print(F("!x "));
+        for (uint8_t k = 0; k < UNOCHAT_N_OUTPUTS; k++) {
+            if (k) Serial.write(',');
+            Serial.print(state.logits[k]);
+        }
+        Serial.println();
+        break;
+    case 'm':
+        Serial.print(F("!m free="));
+        Serial.print(free_now());
+        Serial.print(F(" least_free="));
+        Serial.println(free_least());
+        break;
+    default:
+        Serial.println(F("!e unknown command"));
+    }
+}
+
+static bool is_line_end(uint8_t b) { return b == '\r' || b == '\n'; }
+
+static void feed(uint8_t b)
+{
+    switch (mode) {
+    case LINE_START:
+        if (is_line_end(b)) return; /* empty lines and the LF of CRLF */
+        unochat_line_reset(&line);
+        if (b == '!') {
+            mode = COMMAND;
+            command = 0;
+            return;
+        }
+        mode = CHAT;
+        /* fall through */
+    case CHAT:
+        if (unochat_line_feed(&line, b)) {
+            if (line.len) chat(line.text, line.len);
+            mode = LINE_START;
+        }
+        return;
+    case COMMAND:
+        if (command == 0 && !is_line_end(b)) {
+            command = (char)b;
+            if (command == 'x') {
+                mode = HEX_INPUT;
+                nibbles = 0;
+                hex_bad = false;
+            }
+            return;
+        }
+        if (unochat_line_feed(&line, b)) { /* the argument is stripped like a chat line */
+            run_command();
+            mode = LINE_START;
+        }
+        return;
+    case HEX_INPUT:
+        if (is_line_end(b)) {
+            run_command();
+            mode = LINE_START;
+        } else {
+            hex_feed(b);
+        }
+        return;
+    }
+}
+
+void setup()
+{
+    paint_stack();
+    /* millis() is not used; without Timer0's interrupt the cycle counts carry no jitter */
+    TIMSK0 = 0;
+    cycles_begin();
+    Serial.begin(115200);
+    print_info();
+}
+
+void loop()
+{
+    while (Serial.available()) feed((uint8_t)Serial.read());
+    /* sleep until the next byte; sei() lets exactly one more instruction (sleep) run first */
+    set_sleep_mode(SLEEP_MODE_IDLE);
+    cli();
+    if (!Serial.available()) {
+        sleep_enable();
+        sei();
+        sleep_cpu();
+        sleep_disable();
+    }
+    sei();
+}

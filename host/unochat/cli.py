@@ -1,0 +1,169 @@
+"""The `unochat` command: a thin argparse layer over the modules, one subcommand per stage."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .data import DatasetError, normalize_query
+from .intmodel import ModelError
+from .modelfile import DEFAULT_DATA, load_model
+
+
+def _formats(text: str) -> list[str]:
+    """`1` -> ['1bit'], `1,1,2,8` -> one format per layer; 'int8'/'2bit' spelled out work too."""
+    names = {"1": "1bit", "2": "2bit", "8": "int8", "1bit": "1bit", "2bit": "2bit", "int8": "int8"}
+    try:
+        return [names[t.strip()] for t in text.split(",")]
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(f"unknown weight format {e.args[0]!r}: use 1, 2 or 8 (per layer: 1,1,2,8)")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layer sizes are comma-separated integers, got {text!r}")
+    if not sizes or any(not 1 <= n <= 256 for n in sizes):
+        raise argparse.ArgumentTypeError("layer sizes must be 1..256")
+    return sizes
+
+
+# ---- commands ------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, expand_formats, train
+
+    config = TrainConfig(
+        hidden=args.hidden,
+        formats=expand_formats(args.bits, len(args.hidden) + 1),
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        heldout=args.heldout,
+    )
+    result = train(args.data, config, Path(args.out))
+    print(result.summary())
+    return 0
+
+
+def cmd_import_z80ai(args: argparse.Namespace) -> int:
+    from .z80ai import load_z80ai
+
+    model = load_z80ai(args.model)
+    out = Path(args.out)
+    model.name = out.stem
+    model.save(out)
+    print(f"{model.describe()}\nwrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .codegen import GENERATED, render
+
+    model = load_model(args.model)
+    out_dir = Path(args.out_dir) if args.out_dir else GENERATED
+    for path in render(model, out_dir):
+        print(f"wrote {path}")
+    if args.int_model:
+        model.save(args.int_model)
+        print(f"wrote {args.int_model}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_firmware
+    from .codegen import render
+
+    model = load_model(args.model)
+    render(model)
+    report = build_firmware()
+    print(f"{model.describe()}\n{report}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from . import reference
+    from .features import input_vector
+
+    model = load_model(args.model)
+    query = normalize_query(args.query)
+    if not args.logits:
+        print(reference.reply(model, query))
+        return 0
+    generated = ""
+    while len(generated) < model.max_reply:
+        logits = reference.logits(model, input_vector(query, generated, model.features))[0]
+        best = int(np.argmax(logits))
+        symbol = "EOS" if best == model.eos else repr(model.charset[best])
+        print(f"{len(generated):2d} {symbol:5s} " + " ".join(str(int(v)) for v in logits))
+        if best == model.eos:
+            break
+        generated += model.charset[best]
+    print(generated)
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unochat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"unochat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model with quantization-aware training")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="query|response file (.txt or .txt.gz)")
+    p.add_argument("--hidden", type=_sizes, default=[256, 192, 128], help="hidden layer sizes, e.g. 256,192,128")
+    p.add_argument("--bits", default="1", help="weight format 1, 2 or 8; per layer: 1,1,2,8")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--warmup-epochs", type=int, default=0, help="epochs to blend float into quantized weights")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout", type=float, default=0.0, help="fraction of pairs held out (seeded split)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("import-z80ai", help="import a z80ai .npz model as an integer model")
+    p.add_argument("model")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_import_z80ai)
+
+    p = sub.add_parser("export", help="render the model's C into firmware/generated/")
+    p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
+    p.add_argument("--out-dir", help="where to write the C (default firmware/generated)")
+    p.add_argument("--int-model", help="also write the integer model to this .npz")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="export, build the UNO firmware, check its size")
+    p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("ask", help="the reference's reply to a query, on the host")
+    p.add_argument("model_or_query", nargs="+", metavar="[MODEL] QUERY")
+    p.add_argument("--logits", action="store_true", help="print the raw integer logits of every step")
+    p.set_defaults(func=cmd_ask)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ask":
+        words = args.model_or_query
+        named_model = len(words) > 1 and Path(words[0]).suffix in (".npz", ".pt")
+        args.model, args.query = (words[0], " ".join(words[1:])) if named_model else (None, " ".join(words))
+    try:
+        return args.func(args)
+    except (DatasetError, ModelError, FileNotFoundError) as e:
+        print(f"unochat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unochat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

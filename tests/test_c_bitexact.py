@@ -1,0 +1,114 @@
+"""The generated C, compiled with host gcc, computes exactly what the Python reference computes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unochat import reference
+from unochat.data import load_dataset, normalize_query
+from unochat.features import FeatureSpec, context_features, query_features, teacher_forced_examples
+from unochat.hostc import HostModel
+from unochat.z80ai import load_z80ai
+
+from conftest import CHARSET, TINYCHAT_DATA, TINYCHAT_MODEL, need_shared, random_inputs, random_model
+
+FORMAT_CASES = [
+    (["1bit"] * 4, "u8"),
+    (["2bit"] * 4, "u8"),
+    (["int8"] * 4, "u8"),
+    (["1bit", "2bit", "int8", "1bit"], "u8"),
+    (["int8", "1bit", "2bit", "2bit"], "i16"),
+    (["2bit"] * 4, "i16"),
+    (["1bit"] * 4, "i16"),
+]
+HIDDEN = [64, 24, 13]  # 13: rows that do not fill whole bytes
+
+
+@pytest.fixture(scope="module")
+def feature_model():
+    model = random_model(1, ["1bit", "1bit"], [16])
+    host = HostModel(model)
+    yield host
+    host.close()
+
+
+@pytest.mark.parametrize("formats,act", FORMAT_CASES, ids=lambda v: ",".join(v) if isinstance(v, list) else v)
+def test_random_models_logits(formats, act):
+    for seed in range(3):
+        model = random_model(seed, formats, HIDDEN, act)
+        host = HostModel(model)
+        x = random_inputs(seed, 200, model.shape[0])
+        np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+        host.close()
+
+
+@pytest.mark.parametrize("fmt", ["1bit", "2bit", "int8"])
+@pytest.mark.parametrize("extreme", ["max", "min"])
+@pytest.mark.parametrize("act", ["u8", "i16"])
+def test_extreme_models_reach_the_int32_bound(fmt, extreme, act):
+    model = random_model(7, [fmt] * 3, [256, 40], act, extreme=extreme)
+    host = HostModel(model)
+    x = random_inputs(7, 50, model.shape[0])
+    first = model.layers[0]
+    full = np.full((1, model.shape[0]), 255, dtype=np.int64)
+    pre = (full @ first.weight.T.astype(np.int64)) * first.mult + first.bias
+    # the all-255 input drives layer 0 beyond 2^30, next to the int32 edge the export allows
+    assert 2**30 < np.abs(pre).max() <= 2**31 - 1
+    np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+    host.close()
+
+
+QUERIES = [
+    "", "a", "hi", "HELLO", "hello", "Hello, World!", "what's up?", "  spaced  out  ",
+    "x" * 60, "0123456789", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./", "MiXeD CaSe 42",
+    "".join(chr(c) for c in range(32, 92)), "".join(chr(c) for c in range(92, 127)),
+]
+
+
+def test_query_features_match(feature_model):
+    rng = np.random.default_rng(0)
+    randoms = ["".join(chr(c) for c in rng.integers(32, 127, size=rng.integers(0, 61))) for _ in range(500)]
+    for q in QUERIES + randoms:
+        np.testing.assert_array_equal(feature_model.query_features(q), query_features(q, FeatureSpec()), err_msg=q)
+
+
+def test_query_feature_counts_saturate():
+    spec = FeatureSpec(query_buckets=16)
+    model = random_model(2, ["1bit", "1bit"], [8], features=spec)
+    host = HostModel(model)
+    # 60 identical trigrams "aaa" land in one bucket: 58 counts, no saturation; uint8 holds it
+    q = "a" * 60
+    np.testing.assert_array_equal(host.query_features(q), query_features(q, spec))
+    assert query_features(q, spec).max() == 58
+    host.close()
+
+
+def test_context_features_match(feature_model):
+    rng = np.random.default_rng(1)
+    contexts = ["", "A", "OK", "HELLO THERE", "R U?", "12345678", "ABCDEFGHIJKLMNOP"]
+    contexts += ["".join(rng.choice(list(CHARSET[:-1]), size=rng.integers(0, 20))) for _ in range(300)]
+    for c in contexts:
+        np.testing.assert_array_equal(feature_model.context_features(c), context_features(c, FeatureSpec()), err_msg=c)
+
+
+def test_line_editor_matches_normalize(feature_model):
+    rng = np.random.default_rng(2)
+    cases = [b"", b"hello", b"  hi  ", b"abc\x08d", b"\x08\x08x", b"a\x7fb", b"\x00\xff\x1bz", b"q" * 100,
+             b" " * 70 + b"x", bytes(range(256)).replace(b"\n", b"").replace(b"\r", b"")]
+    for _ in range(500):
+        raw = bytes(rng.integers(0, 256, size=rng.integers(0, 120), dtype=np.uint8))
+        cases.append(raw.replace(b"\n", b"").replace(b"\r", b""))
+    for raw in cases:
+        assert feature_model.normalize(raw) == normalize_query(raw), raw
+
+
+def test_z80ai_tinychat_c_matches_reference_everywhere():
+    need_shared()
+    model = load_z80ai(TINYCHAT_MODEL)
+    data = load_dataset(TINYCHAT_DATA)
+    host = HostModel(model)
+    x, _ = teacher_forced_examples(data.pairs, model.charset, model.features)
+    np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+    queries = [p.query for p in data.pairs]
+    assert [host.reply(q) for q in queries] == reference.generate(model, queries)
+    host.close()
