@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .build import BuildError
 from .data import DatasetError, normalize_query
 from .intmodel import ModelError
 from .modelfile import DEFAULT_DATA, load_model
@@ -76,13 +77,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_firmware
+    from .build import REPO, build_firmware
     from .codegen import render
 
     model = load_model(args.model)
     render(model)
-    report = build_firmware()
-    print(f"{model.describe()}\n{report}")
+    report = build_firmware(REPO)
+    print(f"{model.describe()}\nbuild/firmware.hex: {report.summary()}")
     return 0
 
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ModelError, FileNotFoundError) as e:
         print(f"unochat: error: {e}", file=sys.stderr)
         return 2
+    except BuildError as e:
+        print(f"unochat: build failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("unochat: interrupted", file=sys.stderr)
         return 130

@@ -72,7 +72,11 @@ def _layer_context(model: IntModel, i: int) -> dict:
     in_expr = "x" if i == 0 else f"{buffers[(i - 1) % 2]}.{in_act}"
     out_expr = "logits" if layer.act is None else f"{buffers[i % 2]}.{layer.act}"
     packed = pack_weights(layer)
+    uniform = bool((layer.mult == layer.mult[0]).all())
+    narrow = bool((np.abs(layer.bias) < 2**15).all())
     return {
+        "mult_const": int(layer.mult[0]) if uniform else None,
+        "bias_ctype": "int16_t" if narrow else "int32_t",
         "fmt": layer.fmt,
         "n_in": layer.n_in,
         "n_out": layer.n_out,
@@ -87,7 +91,7 @@ def _layer_context(model: IntModel, i: int) -> dict:
         "out_expr": out_expr,
         "weight_rows": _c_array(packed),
         "mult": ", ".join(str(int(m)) for m in layer.mult),
-        "bias": ", ".join(_int32_literal(int(b)) for b in layer.bias),
+        "bias": ", ".join(str(int(b)) if narrow else _int32_literal(int(b)) for b in layer.bias),
     }
 
 
