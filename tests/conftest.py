@@ -16,6 +16,26 @@ TINYCHAT_MODEL = SHARED / "model.npz"
 CHARSET = " ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?.\x00"
 
 
+@pytest.fixture
+def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reuse the repo's core dir (tool-scons is registered there), but register the temporary
+    # project's symlinked platform in a temporary platforms dir, so the repo's registration
+    # never points into a deleted temp dir.
+    monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
+    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
+
+
+@pytest.fixture
+def firmware_project(tmp_path: Path, pio_env: None) -> Path:
+    """A throw-away copy of the PlatformIO project (the real sketch, linked) to build any model in."""
+    project = tmp_path / "project"
+    (project / "firmware").mkdir(parents=True)
+    (project / "firmware" / "src").symlink_to(REPO / "firmware" / "src", target_is_directory=True)
+    (project / "tools").symlink_to(REPO / "tools", target_is_directory=True)
+    (project / "platformio.ini").write_text((REPO / "platformio.ini").read_text())
+    return project
+
+
 def need_shared() -> None:
     if not TINYCHAT_DATA.exists() or not TINYCHAT_MODEL.exists():
         pytest.skip(f"z80ai tinychat files not found at {SHARED} (../shared sits beside the repo in CI only)")

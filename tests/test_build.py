@@ -151,15 +151,6 @@ def _project(tmp_path: Path, sketch: str, build_flags: str = "") -> Path:
     return project
 
 
-@pytest.fixture
-def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Reuse the repo's core dir (tool-scons is registered there), but register the temporary
-    # project's symlinked platform in a temporary platforms dir, so the repo's registration
-    # never points into a deleted temp dir.
-    monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
-    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
-
-
 @pytest.mark.pio
 def test_build_echo_sketch_offline(tmp_path: Path, pio_env: None) -> None:
     project = _project(tmp_path, ECHO_SKETCH, build_flags="-DECHO_BAUD=115200")

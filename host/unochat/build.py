@@ -19,6 +19,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from .codegen import render
+from .intmodel import IntModel
+
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = "uno_offline"
 FLASH_LIMIT = 32_256  # 32 KiB minus the 512 B optiboot keeps at the top of flash
@@ -221,6 +224,29 @@ def build_firmware(project_dir: Path) -> SizeReport:
     report = avr_size(out_dir / "firmware.elf")
     check_budget(report)
     return report
+
+
+AVR_OBJECT_LIMIT = 32_767  # avr-gcc refuses a single object larger than this
+
+
+def build_model(model: IntModel, project_dir: Path = REPO) -> SizeReport:
+    """Render the model's C into the project, build it and check the budget on the real ELF.
+
+    A layer whose packed weights exceed avr-gcc's object limit cannot even compile (and could never
+    fit); it is refused before compiling, with the budget message instead of a compiler error.
+    """
+    widest = max(model.layers, key=lambda layer: layer.packed_bytes())
+    if widest.packed_bytes() > AVR_OBJECT_LIMIT:
+        tables = sum(layer.packed_bytes() for layer in model.layers)
+        raise BudgetError(
+            f"the model's packed weights alone need {tables:,} B of flash; the UNO has {FLASH_LIMIT:,} B "
+            f"(over by {tables - FLASH_LIMIT:,} B before any code; one {widest.n_in}x{widest.n_out} "
+            f"{widest.fmt} layer is {widest.packed_bytes():,} B, more than avr-gcc can compile). "
+            f"Try: {'; '.join(FLASH_HINTS)}.",
+            SizeReport(flash_bytes=tables, sram_bytes=0),
+        )
+    render(model, Path(project_dir) / "firmware" / "generated")
+    return build_firmware(project_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,12 +77,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import REPO, build_firmware
-    from .codegen import render
+    from .build import build_model
 
     model = load_model(args.model)
-    render(model)
-    report = build_firmware(REPO)
+    report = build_model(model)
     print(f"{model.describe()}\nbuild/firmware.hex: {report.summary()}")
     return 0
 

@@ -1,0 +1,45 @@
+"""The real firmware, built offline with PlatformIO for real models, and the size budget."""
+from __future__ import annotations
+
+import pytest
+
+from unochat.build import FLASH_LIMIT, SRAM_LIMIT, STACK_RESERVE, BudgetError, build_model
+from unochat.modelfile import DEFAULT_MODEL, load_model
+from unochat.z80ai import load_z80ai
+
+from conftest import TINYCHAT_MODEL, need_shared
+
+pytestmark = pytest.mark.pio
+
+
+def test_default_model_firmware_fits(firmware_project):
+    report = build_model(load_model(DEFAULT_MODEL), firmware_project)
+    assert (firmware_project / "build" / "firmware.hex").is_file()
+    assert report.flash_bytes <= FLASH_LIMIT
+    assert SRAM_LIMIT - report.sram_bytes >= STACK_RESERVE
+
+
+def test_z80ai_model_is_refused_with_the_budget_message(firmware_project):
+    need_shared()
+    model = load_z80ai(TINYCHAT_MODEL)
+    with pytest.raises(BudgetError) as excinfo:
+        build_model(model, firmware_project)
+    report = excinfo.value.report
+    assert report.flash_bytes > FLASH_LIMIT
+    message = str(excinfo.value)
+    assert f"firmware needs {report.flash_bytes:,} B of flash; the UNO has 32,256 B" in message
+    assert f"(over by {report.flash_bytes - FLASH_LIMIT:,} B)" in message
+    assert "unochat quantize --bits 1" in message and "unochat prune --ratio 0.5" in message
+
+
+def test_layer_too_big_to_compile_is_refused_before_compiling(firmware_project):
+    from conftest import random_model
+
+    model = random_model(0, ["int8"] * 4, [256, 192, 128])  # 256x256 int8 = 65,536 B in one table
+    with pytest.raises(BudgetError) as excinfo:
+        build_model(model, firmware_project)
+    message = str(excinfo.value)
+    assert "the model's packed weights alone need 144,512 B of flash" in message
+    assert "over by 112,256 B before any code" in message
+    assert "256x256 int8 layer is 65,536 B" in message
+    assert not (firmware_project / "build").exists()
