@@ -1,6 +1,7 @@
 """Shared fixtures: random and extreme integer models, and the z80ai files from ../shared."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,7 @@ def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def firmware_project(tmp_path: Path, pio_env: None) -> Path:
     """A throw-away copy of the PlatformIO project (the real sketch, linked) to build any model in."""
     project = tmp_path / "project"
-    (project / "firmware").mkdir(parents=True)
-    (project / "firmware" / "src").symlink_to(REPO / "firmware" / "src", target_is_directory=True)
+    shutil.copytree(REPO / "firmware" / "src", project / "firmware" / "src")
     (project / "tools").symlink_to(REPO / "tools", target_is_directory=True)
     (project / "platformio.ini").write_text((REPO / "platformio.ini").read_text())
     return project

@@ -16,7 +16,7 @@
 #include <Arduino.h>
 #include <avr/sleep.h>
 
-#include "../generated/unochat_model.h"
+#include "unochat_model.h" /* firmware/generated/, on the include path (platformio.ini) */
 
 /* ---- cycle counter: Timer1 at the CPU clock, extended to 32 bits by its overflow interrupt -------- */
 static volatile uint16_t timer1_overflows;
