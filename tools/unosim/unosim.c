@@ -380,9 +380,17 @@ static void linger(void)
 	while (g.out_len && g.port == PORT_OPEN && now_ns() < end)
 		service(WAIT_NS);
 	int fd = g.port == PORT_OPEN ? open(g.slave, O_RDWR | O_NOCTTY | O_NONBLOCK) : -1;
+	/* The kernel moves what we wrote to the slave's queue asynchronously, so an empty queue
+	 * counts only once it has stayed empty for 50 ms. */
+	uint64_t empty_since = now_ns();
 	int queued = 0;
-	while (fd >= 0 && ioctl(fd, FIONREAD, &queued) == 0 && queued > 0 && now_ns() < end)
+	while (fd >= 0 && ioctl(fd, FIONREAD, &queued) == 0 && now_ns() < end) {
+		if (queued > 0)
+			empty_since = now_ns();
+		else if (now_ns() - empty_since > NS / 20)
+			break;
 		usleep(1000);
+	}
 	if (fd >= 0)
 		close(fd);
 }
