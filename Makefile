@@ -4,7 +4,6 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 UNOCHAT   := $(VENV)/bin/unochat
-SETUP     := $(VENV)/.setup-done
 MODEL     ?= models/default.npz
 DATA      ?= data/default.txt
 PORT      ?= /dev/ttyACM0
@@ -19,20 +18,19 @@ export PLATFORMIO_SETTING_ENABLE_TELEMETRY := no
 
 all: firmware
 
-$(SETUP): tools/setup.sh pyproject.toml
+# tools/setup.sh checks before it installs (about half a second when all is there), so every
+# target runs it rather than trusting a stamp file that cannot see a deleted .pio-core.
+setup:
 	bash tools/setup.sh
-	touch $@
-
-setup: $(SETUP)
 
 # export + PlatformIO build + avr-size budget check; PlatformIO rebuilds only what changed
-firmware: $(SETUP)
+firmware: setup
 	$(UNOCHAT) build $(MODEL)
 
-$(UNOSIM): tools/unosim/unosim.c $(SETUP)
+$(UNOSIM): tools/unosim/unosim.c
 	$(MAKE) -C tools/unosim
 
-test: $(SETUP) $(UNOSIM)
+test: setup $(UNOSIM)
 	$(PY) -m pytest -q
 
 sim: firmware $(UNOSIM)
@@ -44,11 +42,12 @@ chat: firmware $(UNOSIM)
 bench: firmware $(UNOSIM)
 	$(UNOCHAT) bench $(MODEL) --sim --json build/bench.json --plot build/bench.png
 
-model: $(SETUP)
+model: setup
 	$(UNOCHAT) train --data $(DATA) --out models/default.pt
 
 flash: firmware
 	$(UNOCHAT) flash --port $(PORT)
 
 clean:
-	rm -rf build .pio firmware/generated tools/bin
+	rm -rf build .pio firmware/generated
+	$(MAKE) -C tools/unosim clean
