@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unochat.features import FeatureSpec
+from unochat import reference
+from unochat.data import Pair, build_charset
+from unochat.features import FeatureSpec, input_vector
 from unochat.intmodel import ACT_MAX, FORMAT_RANGE, INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,14 +28,18 @@ def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
 
 
-@pytest.fixture
-def firmware_project(tmp_path: Path, pio_env: None) -> Path:
-    """A throw-away copy of the PlatformIO project (the real sketch, linked) to build any model in."""
-    project = tmp_path / "project"
+def make_firmware_project(root: Path) -> Path:
+    """A throw-away copy of the PlatformIO project (the real sketch) to build any model in."""
+    project = root / "project"
     shutil.copytree(REPO / "firmware" / "src", project / "firmware" / "src")
     (project / "tools").symlink_to(REPO / "tools", target_is_directory=True)
     (project / "platformio.ini").write_text((REPO / "platformio.ini").read_text())
     return project
+
+
+@pytest.fixture
+def firmware_project(tmp_path: Path, pio_env: None) -> Path:
+    return make_firmware_project(tmp_path)
 
 
 def need_shared() -> None:
@@ -94,3 +100,48 @@ def random_inputs(seed: int, n: int, n_inputs: int) -> np.ndarray:
     edges = np.stack([np.zeros(n_inputs), np.full(n_inputs, 255), np.arange(n_inputs) % 256,
                       (np.arange(n_inputs) % 2) * 255])
     return np.concatenate([sparse, dense, edges]).astype(np.uint8)
+
+
+def chatty_model(
+    seed: int,
+    formats: list[str],
+    hidden: list[int],
+    pairs: list[Pair],
+    act: str = "u8",
+    features: FeatureSpec = FeatureSpec(),
+    eos_rate: float = 0.06,
+) -> IntModel:
+    """A random model over the charset of a dataset whose replies vary with the query and end with EOS.
+
+    conftest.random_model's big biases make every reply one character repeated 50 times. Here each layer
+    is scaled on real inputs (about 60 of the dataset's queries with random contexts) so that about half
+    of the ReLUs open and the logits spread, and the EOS logit is raised until EOS wins about `eos_rate`
+    of the steps."""
+    rng = np.random.default_rng(seed)
+    charset = build_charset(pairs)
+    queries = [p.query for p in pairs[:: max(1, len(pairs) // 60)]]
+    contexts = ["".join(rng.choice(list(charset[:-1]), size=rng.integers(0, 12))) for _ in queries]
+    h = np.stack([input_vector(q, c, features) for q, c in zip(queries, contexts)]).astype(np.int64)
+    sizes = [features.n_inputs, *hidden, len(charset)]
+    layers = []
+    for i, fmt in enumerate(formats):
+        lo, hi = FORMAT_RANGE[fmt]
+        levels = np.array([-1, 1]) if fmt == "1bit" else np.arange(lo, hi + 1)
+        weight = rng.choice(levels, size=(sizes[i + 1], sizes[i])).astype(np.int8)
+        mult = rng.integers(1, 8, size=sizes[i + 1])
+        z = (h @ weight.T.astype(np.int64)) * mult
+        bias = -np.median(z, axis=0).astype(np.int64)
+        z += bias
+        last = i == len(formats) - 1
+        top = 1000 if last else ACT_MAX[act]
+        shift = max(0, int(np.ceil(np.log2(max(np.percentile(np.abs(z), 99), 1) / top))))
+        layers.append(IntLayer(fmt, weight, mult, bias, shift, None if last else act))
+        h = z >> shift if last else np.clip(z >> shift, 0, top)
+    model = IntModel(layers, charset, features, name=f"chatty{seed}-{'-'.join(formats)}-{act}")
+    replies = reference.generate(model, queries)
+    steps = np.stack([input_vector(q, r[:k], features) for q, r in zip(queries, replies) for k in range(len(r))])
+    logits = reference.logits(model, steps)
+    margin = logits[:, :-1].max(axis=1) - logits[:, -1]
+    layers[-1].bias[-1] += (int(np.percentile(margin, 100 * eos_rate)) + 1) << layers[-1].shift
+    model.validate()
+    return model

@@ -10,8 +10,12 @@
  *                  and per layer summed over the steps
  *   !x <hex>       logits of a raw input vector (2 hex digits per input): "!x <l0>,<l1>,..."
  *   !m             free SRAM now and the least free SRAM since reset (stack high-water mark)
+ * The letter after '!' names the command; one space after it is a separator, the rest of the line
+ * is the argument, edited like a chat line (so "!t <query>" times exactly the chat line "<query>").
  * Errors come back as "!e <reason>". Bytes are handled as they arrive: a line longer than the buffers
- * is cut, never overflows; binary bytes are dropped by the line editor.
+ * is cut, never overflows; binary bytes are dropped by the line editor. While a reply is generated,
+ * received bytes wait in the Arduino core's 64-byte buffer (63 usable) and what does not fit is lost
+ * (no flow control on a UNO): a host sends one request and waits for its answer.
  * The model itself is generated into firmware/generated/ by `unochat export`. */
 #include <Arduino.h>
 #include <avr/sleep.h>
@@ -151,11 +155,12 @@ static void timed_chat(const char *query, uint8_t len)
 }
 
 /* ---- input: one state machine over received bytes ------------------------------------------------ */
-enum Mode : uint8_t { LINE_START, CHAT, COMMAND, HEX_INPUT };
+enum Mode : uint8_t { LINE_START, CHAT, COMMAND_NAME, COMMAND_ARG, HEX_INPUT };
 
 static Mode mode = LINE_START;
 static unochat_line_t line;
-static char command;
+static char command; /* 0 for a bare "!" line: an unknown command */
+static bool separator; /* the next byte may be the space between command letter and argument */
 static uint16_t nibbles;
 static bool hex_bad;
 
@@ -227,8 +232,7 @@ static void feed(uint8_t b)
         if (is_line_end(b)) return; /* empty lines and the LF of CRLF */
         unochat_line_reset(&line);
         if (b == '!') {
-            mode = COMMAND;
-            command = 0;
+            mode = COMMAND_NAME;
             return;
         }
         mode = CHAT;
@@ -239,15 +243,28 @@ static void feed(uint8_t b)
             mode = LINE_START;
         }
         return;
-    case COMMAND:
-        if (command == 0 && !is_line_end(b)) {
-            command = (char)b;
-            if (command == 'x') {
-                mode = HEX_INPUT;
-                nibbles = 0;
-                hex_bad = false;
-            }
+    case COMMAND_NAME:
+        if (is_line_end(b)) {
+            command = 0;
+            run_command();
+            mode = LINE_START;
             return;
+        }
+        command = (char)b;
+        if (command == 'x') {
+            mode = HEX_INPUT;
+            nibbles = 0;
+            hex_bad = false;
+        } else {
+            mode = COMMAND_ARG;
+            separator = true;
+        }
+        return;
+    case COMMAND_ARG:
+        /* the separator must not take one of the argument's MAX_QUERY places in the line buffer */
+        if (separator) {
+            separator = false;
+            if (b == ' ') return;
         }
         if (unochat_line_feed(&line, b)) { /* the argument is stripped like a chat line */
             run_command();
@@ -268,8 +285,13 @@ static void feed(uint8_t b)
 void setup()
 {
     paint_stack();
-    /* millis() is not used; without Timer0's interrupt the cycle counts carry no jitter */
+    /* millis(), delay() and PWM are not used: stop Timer0 and Timer2, which the Arduino core started.
+     * Without Timer0's interrupt the cycle counts carry no jitter, and an idle MCU sleeps until the UART
+     * wakes it (the virtual UNO would otherwise step through every timer tick in wall time: 8x slower
+     * round trips). */
     TIMSK0 = 0;
+    TCCR0B = 0;
+    TCCR2B = 0;
     cycles_begin();
     Serial.begin(115200);
     print_info();

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
 from .build import BuildError
 from .data import DatasetError, normalize_query
+from .device import REPLY_TIMEOUT
 from .intmodel import ModelError
-from .modelfile import DEFAULT_DATA, load_model
+from .modelfile import DEFAULT_DATA, REPO, load_model
+
+if TYPE_CHECKING:
+    from .device import UnoClient
+
+DEFAULT_ELF = REPO / "build" / "firmware.elf"
+DEFAULT_HEX = REPO / "build" / "firmware.hex"
 
 
 def _formats(text: str) -> list[str]:
@@ -31,6 +42,16 @@ def _sizes(text: str) -> list[int]:
     if not sizes or any(not 1 <= n <= 256 for n in sizes):
         raise argparse.ArgumentTypeError("layer sizes must be 1..256")
     return sizes
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -107,6 +128,87 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report a device or simulator problem as one line on stderr (exit code 1), not a traceback."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from .device import DeviceError
+        from .sim import SimError
+
+        try:
+            return func(args)
+        except (DeviceError, SimError) as e:
+            print(f"unochat {args.command}: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@contextmanager
+def _board(args: argparse.Namespace) -> Iterator["UnoClient"]:
+    """The client for --port PORT or --sim [ELF]."""
+    from .device import connect
+
+    with connect(port=args.port, sim=args.sim, timeout=args.timeout) as client:
+        yield client
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .sim import main_sim
+
+    return main_sim(Path(args.elf), link=args.link, realtime=args.realtime)
+
+
+@_device_command
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chatdemo import run_chat
+
+    with _board(args) as client:
+        return run_chat(client)
+
+
+@_device_command
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .build import avr_size
+    from .codegen import model_id
+    from .latency import bench_queries, measure_latency
+
+    model = load_model(args.model_option or args.model)
+    elf = Path(args.sim or DEFAULT_ELF)
+    # sizes only from an ELF built for this model: its `!i` string, in flash, names the model id
+    built_for_model = elf.is_file() and f"id={model_id(model)} ".encode() in elf.read_bytes()
+    sizes = avr_size(elf) if built_for_model else None
+    dataset, queries = bench_queries(model, args.queries)
+    with _board(args) as client:
+        report = measure_latency(client, model, queries, sizes=sizes, dataset=dataset)
+    print(report.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if report.mismatches else 0
+
+
+@_device_command
+def cmd_flash(args: argparse.Namespace) -> int:
+    from .device import flash
+
+    command = flash(args.port, args.hex, dry_run=args.dry_run)
+    print(" ".join(command) if args.dry_run else f"flashed {args.hex} to {args.port}")
+    return 0
+
+
+def _add_board_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port of a real UNO, e.g. /dev/ttyACM0")
+    where.add_argument("--sim", nargs="?", const=str(DEFAULT_ELF), metavar="ELF",
+                       help=f"run the firmware on a virtual UNO (default ELF {DEFAULT_ELF.relative_to(REPO)})")
+    p.add_argument("--timeout", type=float, default=REPLY_TIMEOUT,
+                   help=f"seconds to wait for one reply (default {REPLY_TIMEOUT:g})")
+
+
 # ---- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unochat", description=__doc__)
@@ -145,6 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_or_query", nargs="+", metavar="[MODEL] QUERY")
     p.add_argument("--logits", action="store_true", help="print the raw integer logits of every step")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("sim", help="run the firmware on a virtual UNO behind a pseudo-terminal")
+    p.add_argument("elf", nargs="?", default=str(DEFAULT_ELF), help="firmware ELF (default build/firmware.elf)")
+    p.add_argument("--link", help="also make this symlink to the pty, e.g. /tmp/unochat-uno")
+    p.add_argument("--realtime", action="store_true", help="pace the simulation to a real UNO's speed")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("chat", help="chat with the model on a UNO or a virtual one, with on-device latency")
+    _add_board_arguments(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", help="on-device cycles per character, checked against the reference")
+    p.add_argument("model", nargs="?", help="the model the board runs (.npz or .pt); default: models/default.npz")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the same, as an option")
+    _add_board_arguments(p)
+    p.add_argument("--queries", type=_positive, default=20, help="queries to time (default 20)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("flash", help="write build/firmware.hex to a real UNO with avrdude")
+    p.add_argument("--port", required=True, help="serial port of the UNO, e.g. /dev/ttyACM0")
+    p.add_argument("--hex", default=str(DEFAULT_HEX), help="image to write (default build/firmware.hex)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the avrdude command only")
+    p.set_defaults(func=cmd_flash)
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codegen
+from .data import MAX_QUERY
 from .intmodel import IntModel
 
 
@@ -30,9 +31,9 @@ class HostModel:
         self.lib = ctypes.CDLL(str(lib))
         self.n_in = model.shape[0]
         self.n_out = model.shape[-1]
-        state_size = self.n_in + model.features.context_len + 1
-        self._state = ctypes.create_string_buffer(state_size + 8)
-        self._line = ctypes.create_string_buffer(1 + 256)
+        self.lib.unochat_state_size.restype = ctypes.c_uint16
+        self._state = ctypes.create_string_buffer(self.lib.unochat_state_size())
+        self._line = ctypes.create_string_buffer(1 + MAX_QUERY)
         self.lib.unochat_step.restype = ctypes.c_int16
         self.lib.unochat_line_feed.restype = ctypes.c_uint8
         self.lib.unochat_argmax.restype = ctypes.c_uint8

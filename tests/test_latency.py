@@ -1,0 +1,129 @@
+"""On-device latency (unochat.latency, `unochat bench`): the arithmetic on known cycle counts, the choice of
+queries, and a real run of `unochat bench --sim` whose timed replies must all match the reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unochat import cli, reference
+from unochat.build import SRAM_LIMIT, build_model
+from unochat.codegen import model_id
+from unochat.data import normalize_query
+from unochat.device import DeviceError, TimedReply
+from unochat.features import FeatureSpec
+from unochat.latency import bench_queries, check_model, measure_latency
+from unochat.modelfile import DEFAULT_DATA, DEFAULT_MODEL, load_model
+
+from conftest import TINYCHAT_DATA, random_model
+from conftest import chatty_model
+from test_device import DEFAULT_PAIRS, on_device
+
+
+class ScriptedBoard:
+    """Stands in for UnoClient: answers `!t` from a table, so the statistics can be checked by hand."""
+
+    port = "/dev/fake"
+
+    def __init__(self, model, replies: dict[str, TimedReply], board_id: str | None = None) -> None:
+        self.model, self.replies, self.round_trips = model, replies, 0
+        self.board_id = board_id or model_id(model)
+
+    def info(self) -> dict[str, str]:
+        self.round_trips += 1
+        return {"id": self.board_id, "model": "on the board", "f_cpu": "16000000"}
+
+    def timed_reply(self, query: str) -> TimedReply:
+        self.round_trips += 1
+        return self.replies[query]
+
+    def memory(self) -> dict[str, int]:
+        self.round_trips += 1
+        return {"free": 500, "least_free": 400}
+
+
+def timed(reply: str, steps: list[int], query: int, layers: list[int]) -> TimedReply:
+    return TimedReply(reply, steps, query, query + sum(steps), layers)
+
+
+def test_measure_latency_arithmetic() -> None:
+    model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
+    model.max_reply = 3
+    a, b, c = "first query", "second", "third one"
+    want = {q: reference.reply(model, q) for q in (a, b, c)}  # a random model always says max_reply chars
+    assert all(len(r) == 3 for r in want.values())
+    board = ScriptedBoard(model, {
+        a: timed(want[a], [100, 110, 120, 5], 40, [300, 30]),  # stopped at max_reply: last step skips the net
+        b: timed("XY", [200, 210, 90], 60, [450, 60]),  # stopped at EOS (and differs from the reference)
+        c: timed(want[c], [130, 140, 150, 5], 50, [390, 30]),
+    })
+    report = measure_latency(board, model, [a, b, c])
+    assert report.queries == 3 and report.chars == 8 and report.round_trips == 5
+    assert report.step_cycles_median == 135  # of 100, 110, 120, 200, 210, 130, 140, 150
+    assert (report.step_cycles_min, report.step_cycles_max) == (100, 210)
+    assert report.final_step_cycles_median == 90  # only the EOS step; the length-limit ones are not steps
+    assert report.query_cycles_median == 50
+    assert report.char_cycles == (375 + 560 + 475) / 8
+    assert report.layer_cycles == [(300 + 450 + 390) / 9, (30 + 60 + 30) / 9]  # 3 + 3 + 3 network runs
+    assert [(m.query, m.device) for m in report.mismatches] == [(b, "XY")]
+    assert report.least_free == 400 and report.stack_bytes is None
+    assert report.ms(16_000) == 1.0
+    d = report.to_dict()
+    assert d["char_ms"] == report.char_cycles / 16_000 and d["mismatches"][0]["reference"] == want[b]
+    assert "MISMATCH 'second'" in report.table()
+
+
+def test_check_model_refuses_another_model() -> None:
+    model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
+    with pytest.raises(DeviceError, match=f"runs model 'on the board' \\(id 0badc0de\\), not .*id {model_id(model)}"):
+        check_model(ScriptedBoard(model, {}, board_id="0badc0de"), model)
+
+
+def test_bench_queries_come_from_the_models_training_data() -> None:
+    model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
+    path, queries = bench_queries(model, 10)
+    assert path == str(DEFAULT_DATA) and len(queries) == 10 == len(set(queries))
+    assert all(q == normalize_query(q) for q in queries)
+    if TINYCHAT_DATA.exists():
+        model.meta = {"dataset": {"path": str(TINYCHAT_DATA)}}
+        assert bench_queries(model, 5)[0] == str(TINYCHAT_DATA)
+    model.meta = {"dataset": {"path": "no/such/file.txt"}}
+    assert bench_queries(model, 5)[0] == str(DEFAULT_DATA)
+
+
+@on_device
+def test_bench_on_the_virtual_uno(firmware_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = chatty_model(4, ["1bit", "2bit", "int8"], [64, 32], DEFAULT_PAIRS)
+    model.name = "bench"
+    model.meta = {"dataset": {"path": str(DEFAULT_DATA)}}
+    model_file = tmp_path / "bench.npz"
+    model.save(model_file)
+    sizes = build_model(model, firmware_project)
+    capsys.readouterr()
+    out = tmp_path / "bench.json"
+    elf = firmware_project / "build" / "firmware.elf"
+    assert cli.main(["bench", str(model_file), "--sim", str(elf), "--queries", "12", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["mismatches"] == [] and report["queries"] == 12 and report["chars"] > 0
+    assert report["model_id"] == model_id(model) and report["dataset"] == str(DEFAULT_DATA)
+    assert report["flash_bytes"] == sizes.flash_bytes and report["sram_bytes"] == sizes.sram_bytes
+    assert report["stack_bytes"] == SRAM_LIMIT - sizes.sram_bytes - report["least_free"] > 0
+    assert report["step_ms_median"] == pytest.approx(report["step_cycles_median"] / 16_000)
+    # the network is most of a step, the first (widest) layer most of the network
+    layers = report["layer_cycles"]
+    assert sum(layers) < report["step_cycles_median"] and layers[0] == max(layers)
+    assert "0 mismatches with the reference" in table and "per character, all in" in table
+    print(f"\n{table}")
+
+
+@on_device
+def test_bench_default_model(firmware_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"{DEFAULT_MODEL} not trained yet (`make model`)")
+    build_model(load_model(DEFAULT_MODEL), firmware_project)
+    capsys.readouterr()
+    elf = firmware_project / "build" / "firmware.elf"
+    assert cli.main(["bench", str(DEFAULT_MODEL), "--sim", str(elf), "--queries", "3"]) == 0  # 0: no mismatch
+    print(f"\n{capsys.readouterr().out}")
