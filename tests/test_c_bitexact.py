@@ -112,3 +112,21 @@ def test_z80ai_tinychat_c_matches_reference_everywhere():
     queries = [p.query for p in data.pairs]
     assert [host.reply(q) for q in queries] == reference.generate(model, queries)
     host.close()
+
+
+@pytest.mark.parametrize("fmt", ["1bit", "2bit"])
+def test_wide_layers_past_16_bit_sums(fmt):
+    """384 hidden activations all at 255: the 1-bit kernel's sum S reaches 97,920, past 16 bits."""
+    model = random_model(3, ["1bit", fmt, "1bit"], [384, 64])
+    first = model.layers[0]
+    first.weight[:] = 1  # every input counts, so any input vector of some weight saturates layer 0
+    first.mult[:], first.bias[:], first.shift = 1, 0, 0
+    model.layers[1].weight[:, :300] = 1  # S = 300 * 255 and more
+    model.layers[1].mult //= 2  # the bound grew with the weights
+    model.validate()
+    host = HostModel(model)
+    x = random_inputs(3, 50, model.shape[0])
+    x = x[x.sum(axis=1, dtype=np.int64) >= 255]  # the dense and extreme ones
+    assert len(x) > 40 and (reference.forward(model, x)[0] == 255).all()
+    np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+    host.close()

@@ -95,18 +95,13 @@ def _layer_context(model: IntModel, i: int) -> dict:
     }
 
 
-def _kernels(layers: list[dict]) -> list[dict]:
-    used = sorted({(l["fmt"], l["in_act"]) for l in layers})
-    return [
-        {
-            "fmt": fmt,
-            "act": act,
-            "ctype": CTYPE[act],
-            # S of the 1-bit kernel: at most 256 * 255 = 65,280 for uint8 activations
-            "sum_type": "uint16_t" if act == "u8" else "uint32_t",
-        }
-        for fmt, act in used
-    ]
+def _kernels(model: IntModel, layers: list[dict]) -> list[dict]:
+    kernels = []
+    for fmt, act in sorted({(l["fmt"], l["in_act"]) for l in layers}):
+        # S of the 1-bit kernel (a sum of inputs) must not wrap: 16 bits while it is proven below 2^16
+        widest = max(model.input_max(i) * l["n_in"] for i, l in enumerate(layers) if (l["fmt"], l["in_act"]) == (fmt, act))
+        kernels.append({"fmt": fmt, "act": act, "ctype": CTYPE[act], "sum_type": "uint16_t" if widest < 2**16 else "uint32_t"})
+    return kernels
 
 
 def render(model: IntModel, out_dir: Path = GENERATED) -> list[Path]:
@@ -123,7 +118,7 @@ def render(model: IntModel, out_dir: Path = GENERATED) -> list[Path]:
         "model_id": mid,
         "max_query": MAX_QUERY,
         "layers": layers,
-        "kernels": _kernels(layers),
+        "kernels": _kernels(model, layers),
         "buffer_bytes": max(hidden_bytes + [2]) + max(hidden_bytes + [2]) % 2,
         "charset_bytes": ", ".join(str(ord(c)) for c in model.charset),
         "info": info,

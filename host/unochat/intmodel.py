@@ -28,6 +28,7 @@ INPUT_MAX = 255  # layer 0 sees uint8 counts
 INT32_MAX = 2**31 - 1
 MULT_LIMIT = 2**15  # |mult| < 2^15: a 16-bit signed multiplier on the device
 FILE_VERSION = 1
+MAX_WIDTH = 1024  # far beyond what fits an UNO's 2 KB of SRAM; keeps every count in 16 bits
 
 
 class ModelError(ValueError):
@@ -115,8 +116,8 @@ class IntModel:
             raise ModelError(f"{where}: unknown weight format {layer.fmt!r} (1bit, 2bit or int8)")
         if i > 0 and layer.n_in != self.layers[i - 1].n_out:
             raise ModelError(f"{where}: takes {layer.n_in} inputs but layer {i - 1} gives {self.layers[i - 1].n_out}")
-        if layer.n_out > 256 or layer.n_in > 256:
-            raise ModelError(f"{where}: layers are limited to 256 inputs and outputs (uint8 indices)")
+        if layer.n_out > MAX_WIDTH or layer.n_in > MAX_WIDTH:
+            raise ModelError(f"{where}: layers are limited to {MAX_WIDTH} inputs and outputs")
         lo, hi = FORMAT_RANGE[layer.fmt]
         w = layer.weight
         if w.min() < lo or w.max() > hi:
