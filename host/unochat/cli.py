@@ -15,7 +15,7 @@ from . import __version__
 from .build import BuildError
 from .data import DatasetError, normalize_query
 from .device import REPLY_TIMEOUT
-from .intmodel import ModelError
+from .intmodel import MAX_WIDTH, ModelError
 from .modelfile import DEFAULT_DATA, REPO, load_model
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"layer sizes are comma-separated integers, got {text!r}")
-    if not sizes or any(not 1 <= n <= 256 for n in sizes):
-        raise argparse.ArgumentTypeError("layer sizes must be 1..256")
+    if not sizes or any(not 1 <= n <= MAX_WIDTH for n in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be 1..{MAX_WIDTH}")
     return sizes
 
 
@@ -56,19 +56,26 @@ def _positive(text: str) -> int:
 
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, expand_formats, train
+    from .train import TrainConfig, parse_bits, train
 
-    config = TrainConfig(
-        hidden=args.hidden,
-        formats=expand_formats(args.bits, len(args.hidden) + 1),
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        heldout=args.heldout,
-    )
-    result = train(args.data, config, Path(args.out))
+    try:
+        config = TrainConfig(
+            hidden=args.hidden,
+            formats=parse_bits(args.bits, len(args.hidden) + 1),
+            epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            heldout=args.heldout,
+            patience=args.patience,
+            eval_every=args.eval_every,
+        )
+        result = train(args.data, config, Path(args.out))
+    except ValueError as e:
+        if isinstance(e, (DatasetError, ModelError)):
+            raise
+        raise ModelError(str(e)) from e
     print(result.summary())
     return 0
 
@@ -219,12 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="query|response file (.txt or .txt.gz)")
     p.add_argument("--hidden", type=_sizes, default=[256, 192, 128], help="hidden layer sizes, e.g. 256,192,128")
     p.add_argument("--bits", default="1", help="weight format 1, 2 or 8; per layer: 1,1,2,8")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--warmup-epochs", type=int, default=0, help="epochs to blend float into quantized weights")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heldout", type=float, default=0.0, help="fraction of pairs held out (seeded split)")
+    p.add_argument("--patience", type=int, help="stop after this many evaluations without a better integer accuracy")
+    p.add_argument("--eval-every", type=int, default=5, help="evaluate the integer model every N epochs")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
     p.set_defaults(func=cmd_train)
 
