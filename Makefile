@@ -43,7 +43,7 @@ bench: firmware $(UNOSIM)
 	$(UNOCHAT) bench $(MODEL) --sim --json build/bench.json --plot build/bench.png
 
 model: setup
-	$(UNOCHAT) train --data $(DATA) --out models/default.pt
+	$(UNOCHAT) train --data $(DATA) --hidden 160,128,96 --bits 2 --epochs 100 --seed 0 --out models/default.pt
 
 flash: firmware
 	$(UNOCHAT) flash --port $(PORT)

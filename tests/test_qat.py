@@ -165,6 +165,39 @@ def test_always_off_neuron_does_not_cost_the_layer_precision(examples):
     assert_integer_matches_float(model, charset, x)
 
 
+def test_step_neuron_is_exact_and_only_caps_the_shift(examples):
+    _, charset, x, _ = examples
+    model, _ = fitted_model(examples, epochs=1)
+    before = qat.export_int_model(model, charset, SPEC)
+    norm, linear = model.hidden[0].norm, model.hidden[0].linear
+    acc = x @ before.layers[0].weight[0].astype(np.int64)
+    scale = float(qat.weight_levels(linear.weight, linear.fmt)[1][0, 0])
+    with torch.no_grad():  # neuron 0 looks nearly constant: BatchNorm multiplies it by ~3,000
+        norm.running_var[0] = 1e-9
+        norm.running_mean[0] = scale * float(np.median(acc))
+        norm.weight[0] = 10.0
+    after = qat.export_int_model(model, charset, SPEC)
+    first = after.layers[0]
+    assert before.layers[0].shift > 7 >= first.shift >= 6
+    assert abs(first.mult[0]) == 255 << first.shift
+    y = reference.forward(after, x)[0][:, 0]
+    assert 0 < (y > 0).mean() < 1  # a live step, switching where the float one does:
+    assert_integer_matches_float(model, charset, x)
+
+
+def test_step_neurons_reproduce_the_real_formula_exactly():
+    rng = np.random.default_rng(0)
+    r = rng.choice([-1, 1], 200) * rng.uniform(255, 1e6, 200)
+    c = rng.uniform(-1e7, 1e7, 200)
+    acc = np.arange(-50_000, 50_000)
+    for shift in (0, 3, 7):
+        mult, bias = qat._step_neurons(r, c, shift)
+        for k in range(200):
+            want = np.clip(np.floor(acc * r[k] + c[k]), 0, 255)
+            got = np.clip((acc * int(mult[k]) + int(bias[k])) >> shift, 0, 255)
+            np.testing.assert_array_equal(got, want)
+
+
 def test_saved_model_reloads_to_identical_logits(trained, examples, tmp_path):
     _, charset, x, _ = examples
     int_model = qat.export_int_model(trained, charset, SPEC, name="t", meta={"why": "test"})

@@ -171,15 +171,37 @@ def _levels_and_scale(layer: QuantLinear) -> tuple[np.ndarray, np.ndarray]:
     return levels.numpy().astype(np.int8), scale.double().numpy()[:, 0]
 
 
+def _step_neurons(real_mult: np.ndarray, real_bias: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """mult, bias that compute clamp(floor(acc*r + c), 0, 255) exactly when |r| >= 255 per unit of acc.
+
+    Such a neuron (BatchNorm of a nearly constant pre-activation) is a step: 0 on one side of some acc a0,
+    255 on the other, and some v at a0. With a slope of exactly 255 levels per unit of acc the integer
+    formula lands on v at a0 and saturates at every other acc, whatever the shift."""
+    r, c = real_mult, real_bias
+    a0 = np.where(r > 0, np.ceil((1 - c) / r), np.floor((1 - c) / r))  # the first acc where y > 0
+    v = np.clip(np.floor(a0 * r + c), 0, ACT_LEVELS)
+    mult = np.sign(r) * ACT_LEVELS * 2.0**shift
+    return mult, v * 2.0**shift - a0 * mult
+
+
 def _fold_hidden(weight: np.ndarray, real_mult: np.ndarray, real_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """mult, bias, shift for clamp(floor(acc*real_mult + real_bias), 0, 255) with the largest safe shift."""
+    """mult, bias, shift for clamp(floor(acc*real_mult + real_bias), 0, 255) with the largest safe shift.
+
+    Neurons steeper than 255 levels per unit of acc are exact steps (_step_neurons): they cap the layer's
+    shift at 6 or 7 instead of at 0, which costs nothing measurable (tinychat, 2-bit 160-128-96: shift 7
+    for every layer gives TF 97.26% / EM 86.45% against 97.27% / 86.52% with the largest shifts)."""
     acc_max = np.abs(weight.astype(np.int64)).sum(axis=1) * INPUT_MAX
+    steep = np.abs(real_mult) >= ACT_LEVELS
     for shift in range(MAX_SHIFT, -1, -1):
-        mult = np.rint(real_mult * 2.0**shift).astype(np.int64)
+        mult = np.rint(real_mult * 2.0**shift)
+        bias = np.rint(real_bias * 2.0**shift)
+        if steep.any():
+            step_mult, step_bias = _step_neurons(real_mult[steep], real_bias[steep], shift)
+            mult[steep], bias[steep] = step_mult, step_bias
         if np.abs(mult).max(initial=0) >= MULT_LIMIT:
             continue
+        mult = mult.astype(np.int64)
         reach = acc_max * np.abs(mult)
-        bias = np.rint(real_bias * 2.0**shift)
         # A neuron whose bias no accumulator can offset gives the same output (0 or 255) for every input:
         # mult 0 and a small bias compute it exactly, so a dead neuron cannot force a small shift on the layer.
         always_off = reach + bias < 2**shift
