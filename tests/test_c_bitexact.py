@@ -1,10 +1,12 @@
 """The generated C, compiled with host gcc, computes exactly what the Python reference computes."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from unochat import reference
+from unochat import codegen, reference
 from unochat.data import load_dataset, normalize_query
 from unochat.features import FeatureSpec, context_features, query_features, teacher_forced_examples
 from unochat.hostc import HostModel
@@ -40,6 +42,19 @@ def test_random_models_logits(formats, act):
         x = random_inputs(seed, 200, model.shape[0])
         np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
         host.close()
+
+
+@pytest.mark.parametrize("formats,act", FORMAT_CASES, ids=lambda v: ",".join(v) if isinstance(v, list) else v)
+def test_c_path_logits(formats, act, monkeypatch):
+    """HostModel renders the default (fast) kernels, whose assembly has C stand-ins on the host; the
+    plain C path (kernels="c") is checked here."""
+    monkeypatch.setattr(codegen, "render", functools.partial(codegen.render, kernels="c"))
+    model = random_model(0, formats, HIDDEN, act)
+    host = HostModel(model)
+    assert "Kernels: c:" in (host.dir / "unochat_model.c").read_text()
+    x = random_inputs(0, 200, model.shape[0])
+    np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+    host.close()
 
 
 @pytest.mark.parametrize("fmt", ["1bit", "2bit", "int8"])

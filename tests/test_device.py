@@ -41,6 +41,7 @@ from unochat.device import (
     avrdude_command,
     connect,
     flash,
+    parse_timed,
 )
 from unochat.features import FeatureSpec
 from unochat.intmodel import IntModel
@@ -615,6 +616,14 @@ def test_client_garbled_answer_is_retried_then_reported(fake: Callable) -> None:
         with pytest.raises(GarbledReplyError, match="total=99"):  # 1 + 2 != 99
             client.timed_reply("hi")
     assert board.lines.count(b"!x 0102") == 2 and board.lines.count(b"!t hi") == 2
+
+
+def test_parse_timed_fields() -> None:
+    timed = parse_timed(b"!t step=100,120,7 query=40 total=267 layers=150,60 ctx=30 argmax=9 rq=0 n=2 reply=OK")
+    assert (timed.reply, timed.steps, timed.query_cycles, timed.total_cycles) == ("OK", [100, 120, 7], 40, 267)
+    assert (timed.layer_cycles, timed.ctx_cycles, timed.argmax_cycles, timed.requant_cycles) == ([150, 60], 30, 9, 0)
+    with pytest.raises(GarbledReplyError, match="not a valid"):  # the fields before ctx= and rq= existed
+        parse_timed(b"!t step=100,120,7 query=40 total=267 layers=150,60 n=2 reply=OK")
 
 
 def test_client_refuses_queries_the_device_would_not_chat_with(fake: Callable) -> None:

@@ -5,10 +5,13 @@
  * command (README, "Serial protocol"):
  *   !s<token>      sync: echoes "!s<token>", so a host can find the start of fresh output
  *   !i             model and firmware info
- *   !t <query>     "!t step=<c,...> query=<c> total=<c> layers=<c,...> n=<chars> reply=<reply>" with
- *                  Timer1 cycles per step (the last one finds EOS), for the query features, in all,
- *                  and per layer summed over the steps
+ *   !t <query>     "!t step=<c,...> query=<c> total=<c> layers=<c,...> ctx=<c> argmax=<c> rq=<c>
+ *                  n=<chars> reply=<reply>" with Timer1 cycles per step (the last one finds EOS), for
+ *                  the query (its features and the model's per-reply work), in all, and summed over the
+ *                  steps: per layer, for the context features, for the argmax, and for requantization
+ *                  (0 unless the model was exported to profile it; then not in the layers' counts)
  *   !x <hex>       logits of a raw input vector (2 hex digits per input): "!x <l0>,<l1>,..."
+ *   !p             cycles per layer of the last !x: "!p layers=<c,...>"
  *   !m             free SRAM now and the least free SRAM since reset (stack high-water mark)
  * The letter after '!' names the command; one space after it is a separator, the rest of the line
  * is the argument, edited like a chat line (so "!t <query>" times exactly the chat line "<query>").
@@ -48,8 +51,9 @@ static uint32_t cycles()
     return ((uint32_t)high << 16) | low;
 }
 
-/* ---- per-layer profile: the generated C calls this between layers when UNOCHAT_PROFILE is set ---- */
-static uint32_t layer_cycles[UNOCHAT_N_LAYERS];
+/* ---- profile: the generated C calls this between layers (and around the context features and the
+ * argmax of a step) when UNOCHAT_PROFILE is set; slots are named in unochat_model.h ---------------- */
+static uint32_t layer_cycles[UNOCHAT_PROFILE_SLOTS];
 static uint32_t layer_mark;
 
 extern "C" void unochat_profile_layer(uint8_t layer)
@@ -104,6 +108,15 @@ static void print_info()
     Serial.println(F_CPU);
 }
 
+static void print_layer_cycles()
+{
+    Serial.print(F(" layers="));
+    for (uint8_t k = 0; k < UNOCHAT_N_LAYERS; k++) {
+        if (k) Serial.write(',');
+        Serial.print(layer_cycles[k]);
+    }
+}
+
 /* ---- chat --------------------------------------------------------------------------------------- */
 static unochat_state_t state;
 static char reply[UNOCHAT_MAX_REPLY];
@@ -142,11 +155,13 @@ static void timed_chat(const char *query, uint8_t len)
     Serial.print(query_cycles);
     Serial.print(F(" total="));
     Serial.print(total);
-    Serial.print(F(" layers="));
-    for (uint8_t k = 0; k < UNOCHAT_N_LAYERS; k++) {
-        if (k) Serial.write(',');
-        Serial.print(layer_cycles[k]);
-    }
+    print_layer_cycles();
+    Serial.print(F(" ctx="));
+    Serial.print(layer_cycles[UNOCHAT_PROFILE_CTX]);
+    Serial.print(F(" argmax="));
+    Serial.print(layer_cycles[UNOCHAT_PROFILE_ARGMAX]);
+    Serial.print(F(" rq="));
+    Serial.print(layer_cycles[UNOCHAT_PROFILE_REQUANT]);
     Serial.print(F(" n="));
     Serial.print(n);
     Serial.print(F(" reply="));
@@ -204,12 +219,18 @@ static void run_command()
             Serial.println(F("!e x needs exactly 2 hex digits per input"));
             break;
         }
+        memset(layer_cycles, 0, sizeof layer_cycles);
         unochat_logits(state.x, state.logits);
         Serial.print(F("!x "));
         for (uint8_t k = 0; k < UNOCHAT_N_OUTPUTS; k++) {
             if (k) Serial.write(',');
             Serial.print(state.logits[k]);
         }
+        Serial.println();
+        break;
+    case 'p':
+        Serial.print(F("!p"));
+        print_layer_cycles();
         Serial.println();
         break;
     case 'm':

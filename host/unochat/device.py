@@ -95,13 +95,18 @@ def _shown(data: bytes) -> str:
 @dataclass(frozen=True)
 class TimedReply:
     """A `!t` answer: Timer1 cycles of each step (the last one finds EOS or the length limit), of the
-    query features, in all, and per layer summed over the steps."""
+    query (features and per-reply work), in all, and summed over the steps: per layer, for the context
+    features, for the argmax and, in a firmware exported to profile it, for requantization (parts of
+    the steps; the layers' counts then leave it out)."""
 
     reply: str
     steps: list[int]
     query_cycles: int
     total_cycles: int
     layer_cycles: list[int]
+    ctx_cycles: int = 0
+    argmax_cycles: int = 0
+    requant_cycles: int = 0
 
     @property
     def n(self) -> int:
@@ -110,7 +115,8 @@ class TimedReply:
 
 _TIMED = re.compile(
     rb"!t step=(?P<steps>\d+(?:,\d+)*) query=(?P<query>\d+) total=(?P<total>\d+) "
-    rb"layers=(?P<layers>\d+(?:,\d+)*) n=(?P<n>\d+) reply=(?P<reply>[ -~]*)"
+    rb"layers=(?P<layers>\d+(?:,\d+)*) ctx=(?P<ctx>\d+) argmax=(?P<argmax>\d+) rq=(?P<rq>\d+) "
+    rb"n=(?P<n>\d+) reply=(?P<reply>[ -~]*)"
 )
 
 
@@ -125,6 +131,9 @@ def parse_timed(line: bytes) -> TimedReply:
         query_cycles=int(m["query"]),
         total_cycles=int(m["total"]),
         layer_cycles=[int(v) for v in m["layers"].split(b",")],
+        ctx_cycles=int(m["ctx"]),
+        argmax_cycles=int(m["argmax"]),
+        requant_cycles=int(m["rq"]),
     )
     # the firmware's total is a 32-bit sum of the same numbers
     consistent = (

@@ -1,0 +1,283 @@
+"""The fast kernels (templates/unochat_kernels.S.j2, layers_fast.c.j2) and how codegen plans them.
+
+On the host: the plan's choices (kernels by density, cache, SRAM and flash fallbacks), the weight layout,
+the zero thresholds and the size estimates. On the virtual UNO (marks sim + pio): every kernel variant,
+forced by a plan, bit for bit against unochat.reference on random, sparse and extreme inputs and on real
+replies; the C path likewise; `unochat bench --kernels`' measurement on one shape.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unochat import cli, codegen, kernelbench, reference
+from unochat.build import FLASH_LIMIT, SizeReport, build_firmware
+from unochat.codegen import LayerKernel, Plan
+from unochat.data import normalize_query
+from unochat.device import connect
+from unochat.features import FeatureSpec
+from unochat.intmodel import ACT_MAX, IntLayer, IntModel
+
+from conftest import REPO, chatty_model, make_firmware_project, random_inputs, random_model
+from test_device import DEFAULT_PAIRS, on_device
+
+
+# ---- the plan ------------------------------------------------------------------------------------------
+def test_list_for_sparse_inputs_dense_for_dense() -> None:
+    model = random_model(0, ["1bit"] * 3, [128, 64])
+    sparse = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    assert [k.loop for k in sparse.kernels] == ["list", "list", "list"]
+    assert sparse.cache and sparse.pair8 and sparse.skip_zeros == [True, True, False]
+    dense = codegen.plan_layers(model, [0.15, 1.0, 1.0])
+    assert [k.loop for k in dense.kernels] == ["list", "dense", "dense"]
+    assert dense.skip_zeros == [False, False, False]  # every output nonzero: no thresholds
+
+
+def test_int8_takes_the_narrowest_exact_sum() -> None:
+    model = random_model(0, ["int8"] * 3, [32, 16])
+    assert [k.acc_bits for k in codegen.plan_layers(model, [0.1, 0.5, 0.5]).kernels] == [24, 24, 24]
+    small = model.layers[1]
+    small.weight[:] = np.clip(small.weight, -1, 1)
+    small.weight[:, 128:] = 0
+    small.mult[:] = 1
+    assert codegen.int8_acc_bits(model, 1) == 16  # 32 inputs, |w| <= 1: |acc| <= 32 * 255
+
+
+def test_i16_layers_keep_the_c_kernels() -> None:
+    model = random_model(0, ["2bit", "1bit", "int8"], [32, 16], act="i16")
+    plan = codegen.plan_layers(model, [0.1, 0.5, 0.5])
+    assert [k.loop for k in plan.kernels][1:] == ["c", "c"] and plan.kernels[0].loop != "c"
+    assert codegen.requant_mode(model, 0, plan.kernels[0]) == "c"  # i16 outputs: C requantization
+
+
+def test_sram_gives_up_lists_before_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = random_model(1, ["1bit"] * 3, [128, 64])
+    density = [0.15, 0.3, 0.3]
+    full = codegen.plan_layers(model, density)
+    assert full.cache and [k.loop for k in full.kernels] == ["list"] * 3
+    need = codegen.sram_bytes(model, full.kernels, True)
+    monkeypatch.setattr(codegen, "SRAM_BUDGET", need - 1)
+    # the first layer's 130-byte list goes; the last layer's 66-byte one still fits
+    fewer = codegen.plan_layers(model, density)
+    assert fewer.cache and [k.loop for k in fewer.kernels] == ["skip", "skip", "list"]
+    no_lists = [k if k.loop != "list" else LayerKernel(k.fmt, "skip") for k in fewer.kernels]
+    monkeypatch.setattr(codegen, "SRAM_BUDGET", codegen.sram_bytes(model, no_lists, True) - 1)
+    tight = codegen.plan_layers(model, density)
+    assert not tight.cache and codegen.sram_bytes(model, tight.kernels, False) <= codegen.SRAM_BUDGET
+
+
+def test_wide_model_fits_only_with_the_c_kernels() -> None:
+    # 256-384-192-41, 1-bit: 26 KB of tables leave too little flash for the fast path's code
+    model = random_model(1, ["1bit"] * 3, [384, 192])
+    plan = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    assert [k.loop for k in plan.kernels] == ["c", "c", "c"]
+    assert codegen.flash_bytes(model, plan) <= FLASH_LIMIT
+
+
+def test_flash_falls_back_to_smaller_kernels() -> None:
+    model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 128, 96])
+    density = [0.15, 0.3, 0.3, 0.3]
+    plan = codegen.plan_layers(model, density)
+    assert codegen.flash_bytes(model, plan) <= FLASH_LIMIT
+    unrolled = Plan(plan.kernels, plan.cache, density, plan.skip_zeros, plan.pair8, 8)
+    # the same kernels unrolled 8 times would not fit: the plan unrolls 4 times, or gives up more
+    assert codegen.flash_bytes(model, unrolled) > FLASH_LIMIT and plan.unroll == 4
+
+
+def test_density_is_measured_when_not_given() -> None:
+    model = chatty_model(1, ["1bit"] * 3, [64, 32], DEFAULT_PAIRS)
+    density = codegen.measure_density(model, [p.query for p in DEFAULT_PAIRS[::400]])
+    assert len(density) == 3 and 0 < density[0] <= 21 / 128 and all(0 < d < 1 for d in density[1:])
+    model.meta["density"] = [0.1, 1.0, 1.0]
+    assert [k.loop for k in codegen.plan_layers(model).kernels] == ["list", "dense", "dense"]
+
+
+# ---- layout and arithmetic -------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["1bit", "2bit", "int8"])
+def test_block_layout(fmt: str) -> None:
+    layer = random_model(3, [fmt, fmt], [13]).layers[0]  # 13 outputs: a padded last block
+    kernel = codegen.candidate_kernels(IntModel([layer], " \x00"), 0)[0]
+    packed = codegen.pack_blocks(layer, kernel).reshape(-1, layer.n_in, kernel.input_bytes)
+    w = layer.weight.astype(np.int64)
+    for i in range(layer.n_out):
+        b, k = divmod(i, kernel.block)
+        if fmt == "int8":
+            got = packed[b, :, k].astype(np.int64) - 128
+        elif fmt == "1bit":
+            got = np.where(packed[b, :, 0] >> k & 1, 1, -1)
+        else:
+            code = packed[b, :, 0].astype(np.int64)
+            got = (code >> k & 1) + 2 * (code >> (4 + k) & 1) - 2
+        np.testing.assert_array_equal(got, w[i])
+
+
+@pytest.mark.parametrize("mode", ["half", "acc16", "wide"])
+def test_zero_thresholds_are_exact_and_safe(mode: str) -> None:
+    """Below its threshold a neuron's output is 0 (for both parities of T in half mode); at it, the
+    threshold is tight: the output may be nonzero."""
+    rng = np.random.default_rng(4)
+    n = 400
+    mult = rng.integers(-2000, 2000, size=n)
+    layer = IntLayer("1bit", np.ones((n, 1), np.int8), mult, rng.integers(-(2**24), 2**24, size=n), 12, "u8")
+    theta = codegen.zero_thresholds(layer, mode)
+    limit = 2 ** (23 if mode == "wide" else 15)
+
+    def out(d: np.ndarray, p: int) -> np.ndarray:
+        v = (2 * d * mult + p * mult if mode == "half" else d * mult) + layer.bias
+        return np.clip(v >> layer.shift, 0, ACT_MAX["u8"])
+
+    below = np.maximum(theta - 1, -limit)
+    for p in (0, 1) if mode == "half" else (0,):
+        assert (out(below, p)[theta > -limit] == 0).all()
+    assert (theta[mult <= 0] == -limit).all()
+    reachable = (mult > 0) & (np.abs(theta) < limit - 1)
+    assert (out(theta, 1 if mode == "half" else 0)[reachable] > 0).all()
+
+
+def test_c_path_export_removes_the_fast_kernels(tmp_path: Path) -> None:
+    model = random_model(0, ["1bit", "1bit"], [16])
+    names = {p.name for p in codegen.render(model, tmp_path, density=[0.1, 0.5])}
+    assert names == {"unochat_model.h", "unochat_model.c", "unochat_kernels.S"}
+    assert {p.name for p in codegen.render(model, tmp_path, kernels="c")} == {"unochat_model.h", "unochat_model.c"}
+    assert not (tmp_path / "unochat_kernels.S").exists()
+    with pytest.raises(ValueError, match="kernels must be one of fast, c"):
+        codegen.render(model, tmp_path, kernels="asm")
+
+
+def test_export_kernels_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = random_model(0, ["1bit", "1bit"], [16])
+    model.meta["density"] = [0.1, 0.5]
+    path = tmp_path / "m.npz"
+    model.save(path)
+    assert cli.main(["export", str(path), "--out-dir", str(tmp_path / "c"), "--kernels", "c"]) == 0
+    assert "Kernels: c:" in (tmp_path / "c" / "unochat_model.c").read_text()
+    assert cli.main(["export", str(path), "--out-dir", str(tmp_path / "fast")]) == 0
+    assert (tmp_path / "fast" / "unochat_kernels.S").is_file()
+    capsys.readouterr()
+
+
+# ---- on the virtual UNO --------------------------------------------------------------------------------
+def _plan(*kernels: LayerKernel, cache: bool = True, skip: list[bool] | None = None, pair8: bool = False,
+          unroll: int = codegen.UNROLL) -> Plan:
+    return Plan(list(kernels), cache, [], skip, pair8, unroll)
+
+
+bits, list_, skip_, dense_ = "1bit", "list", "skip", "dense"
+# (formats, hidden, features, plan or "c"): each forces kernels the generator might not pick for the model
+DEVICE_CASES = {
+    # 1-bit: pair8 first layer, every bit-plane loop, zero thresholds
+    "1bit-loops": (["1bit"] * 4, [64, 48, 32], FeatureSpec(64, 64),
+                   _plan(LayerKernel(bits, list_), LayerKernel(bits, dense_), LayerKernel(bits, skip_),
+                         LayerKernel(bits, list_), skip=[True, True, True, False], pair8=True)),
+    # the same unrolled 4 times, no thresholds, no cache: the query half walked every step
+    "1bit-small": (["1bit"] * 3, [40, 24], FeatureSpec(64, 64),
+                   _plan(LayerKernel(bits, list_), LayerKernel(bits, skip_), LayerKernel(bits, dense_),
+                         cache=False, unroll=4)),
+    # 2-bit: 256 inputs (wide requantization), cache of the query share, 16-bit (acc16) hidden layer
+    "2bit": (["2bit"] * 3, [24, 16], FeatureSpec(),
+             _plan(LayerKernel("2bit", list_), LayerKernel("2bit", dense_), LayerKernel("2bit", list_),
+                   skip=[True, True, False])),
+    # int8: 24-bit sums (wide), and 16-bit ones where the bound allows
+    "int8": (["int8"] * 3, [24, 16], FeatureSpec(64, 64),
+             _plan(LayerKernel("int8", skip_, 24), LayerKernel("int8", dense_, 24), LayerKernel("int8", skip_, 24),
+                   skip=[True, False, False])),
+    # a 1-bit layer over 384 inputs: chunks of 256, 32-bit sums, wide requantization
+    "chunked": (["1bit", "1bit", "int8"], [384, 16], FeatureSpec(64, 64), None),
+    "c-path": (["int8", "2bit", "1bit"], [32, 16], FeatureSpec(64, 64), "c"),
+}
+
+
+@pytest.fixture(scope="module")
+def build_plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntModel, object], tuple[Path, SizeReport]]]:
+    root = tmp_path_factory.mktemp("kernels")
+    project = make_firmware_project(root)
+
+    def build(model: IntModel, plan: object) -> tuple[Path, SizeReport]:
+        kernels = "c" if plan == "c" else "fast"
+        codegen.render(model, project / "firmware" / "generated", kernels=kernels,
+                       plan=None if plan == "c" else plan, density=[0.15, 0.4, 0.4, 0.4][:len(model.layers)])
+        with contextlib.redirect_stdout(io.StringIO()):
+            sizes = build_firmware(project)
+        return project / "build" / "firmware.elf", sizes
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
+        mp.setenv("PLATFORMIO_PLATFORMS_DIR", str(root / "platforms"))
+        yield build
+
+
+def case_model(name: str) -> IntModel:
+    formats, hidden, features, _ = DEVICE_CASES[name]
+    model = chatty_model(5, formats, hidden, DEFAULT_PAIRS, features=features)
+    if name == "int8":
+        # the middle layer's sums fit 16 bits: it runs the 16-bit int8 kernel whatever the plan says
+        middle = model.layers[1]
+        middle.weight[:] = np.clip(middle.weight, -1, 1)
+        model.validate()
+    return model
+
+
+@on_device
+@pytest.mark.parametrize("name", list(DEVICE_CASES))
+def test_kernels_bit_exact_on_device(build_plan: Callable, name: str) -> None:
+    model = case_model(name)
+    plan = DEVICE_CASES[name][3]
+    if isinstance(plan, Plan):
+        # the int8 case's middle layer: the narrowest exact sum, as the generator would pick it
+        kernels = [LayerKernel(k.fmt, k.loop, codegen.int8_acc_bits(model, i)) if k.fmt == "int8" else k
+                   for i, k in enumerate(plan.kernels)]
+        plan = Plan(kernels, plan.cache, [], plan.skip_zeros, plan.pair8, plan.unroll)
+    elf, sizes = build_plan(model, plan)
+    x = random_inputs(6, 4, model.shape[0])
+    queries = [p.query for p in DEFAULT_PAIRS[11::600]]
+    expected = reference.generate(model, [normalize_query(q) for q in queries])
+    with connect(sim=elf) as client:
+        bad = [i for i, xi in enumerate(x) if not np.array_equal(client.logits(xi), reference.logits(model, xi)[0])]
+        replies = [client.timed_reply(q) for q in queries]
+    assert not bad, f"{name}: logits differ for inputs {bad}"
+    assert [t.reply for t in replies] == expected
+    assert all(t.ctx_cycles > 0 and t.argmax_cycles > 0 and t.requant_cycles == 0 for t in replies)
+    print(f"\n{name}: {model.describe()}; flash {sizes.flash_bytes:,} B; {len(x)} logits, {len(queries)} replies "
+          f"bit-exact; {np.median([s for t in replies for s in t.steps[:t.n]]):,.0f} cycles a character")
+
+
+@on_device
+def test_extreme_sums_on_device(build_plan: Callable) -> None:
+    """Every 1-bit and 2-bit sum at its bound (all weights +1, every input 255) through the list and
+    dense kernels and uk_rq: S = 65,280, the largest the 16-bit sums may hold."""
+    model = random_model(8, ["1bit", "2bit", "1bit"], [256, 16], extreme="max")
+    first = model.layers[0]  # passes its inputs' sum on, saturated: 255 for every input below
+    first.mult[:], first.bias[:], first.shift = 1, 0, 0
+    model.validate()
+    plan = _plan(LayerKernel("1bit", list_), LayerKernel("2bit", list_), LayerKernel("1bit", dense_),
+                 skip=[True, True, False], pair8=True)
+    elf, _ = build_plan(model, plan)
+    x = np.concatenate([random_inputs(9, 2, model.shape[0]), np.full((1, model.shape[0]), 255, np.uint8)])
+    with connect(sim=elf) as client:
+        for xi in x:
+            np.testing.assert_array_equal(client.logits(xi), reference.logits(model, xi)[0])
+
+
+@on_device
+def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
+    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
+    report = kernelbench.KernelReport()
+    report.kernels = kernelbench.measure_layer(kernelbench.Builder(tmp_path), "1bit", 64, 40)
+    report.fill_loop_costs()
+    out = tmp_path / "kernels.json"
+    kernelbench.write_json(report, out)
+    rows = {row["kernel"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"c", "dense", "skip", "list"}
+    for row in rows.values():
+        assert {"format", "kernel", "inputs", "outputs", "cycles", "cycles_per_weight"} <= set(row)
+        assert row["cycles_per_weight"] == pytest.approx(row["cycles"] / (64 * 40))
+    assert rows["dense"]["cycles"] * 3 < rows["c"]["cycles"]
+    assert rows["list"]["zero_cycles"] < rows["dense"]["zero_cycles"]  # a list of no inputs costs nothing
+    print(f"\n{report.table()}")
