@@ -16,12 +16,14 @@ from .build import BuildError
 from .data import DatasetError, normalize_query
 from .device import REPLY_TIMEOUT
 from .intmodel import MAX_WIDTH, ModelError
-from .modelfile import DEFAULT_DATA, REPO, load_model
+from .modelfile import DEFAULT_DATA, DEFAULT_MODEL, REPO, load_model
 
 if TYPE_CHECKING:
     from .device import UnoClient
+    from .pipeline import FineTune, PairFocus
 
 DEFAULT_ELF = REPO / "build" / "firmware.elf"
+DEFAULT_FOCUS = 0.25  # pipeline.PairFocus.beta; not imported: that pulls in torch for every command
 DEFAULT_HEX = REPO / "build" / "firmware.hex"
 
 
@@ -54,6 +56,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pruning ratios are comma-separated fractions, got {text!r}")
+    if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
+        raise argparse.ArgumentTypeError(f"pruning ratios are fractions in [0, 1), got {text!r}")
+    return ratios
+
+
+def _variants(text: str) -> list[str]:
+    from .pipeline import VARIANTS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"variants are a comma-separated list of {', '.join(VARIANTS)}")
+    return names
+
+
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, parse_bits, train
@@ -70,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             heldout=args.heldout,
             patience=args.patience,
             eval_every=args.eval_every,
+            augment=args.augment,
         )
         result = train(args.data, config, Path(args.out))
     except ValueError as e:
@@ -96,7 +119,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     out_dir = Path(args.out_dir) if args.out_dir else GENERATED
-    for path in render(model, out_dir):
+    for path in render(model, out_dir, kernels=args.kernels):
         print(f"wrote {path}")
     if args.int_model:
         model.save(args.int_model)
@@ -105,10 +128,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_model
+    from .build import build_firmware, build_model
+    from .codegen import GENERATED, render
 
     model = load_model(args.model)
-    report = build_model(model)
+    if args.kernels == "fast":
+        report = build_model(model)
+    else:  # build_model renders the default (fast) kernels
+        render(model, GENERATED, kernels=args.kernels)
+        report = build_firmware(REPO)
     print(f"{model.describe()}\nbuild/firmware.hex: {report.summary()}")
     return 0
 
@@ -132,6 +160,67 @@ def cmd_ask(args: argparse.Namespace) -> int:
             break
         generated += model.charset[best]
     print(generated)
+    return 0
+
+
+@contextmanager
+def _settings_errors() -> Iterator[None]:
+    """A bad setting (ValueError from a config or a recipe) is the user's error: one line, exit code 2."""
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, (DatasetError, ModelError)):
+            raise
+        raise ModelError(str(e)) from e
+
+
+def _focus(beta: float) -> "PairFocus | None":
+    from .pipeline import PairFocus
+
+    return PairFocus(beta=beta) if beta > 0 else None
+
+
+def _fine_tune(args: argparse.Namespace) -> "FineTune":
+    from .pipeline import FineTune
+
+    return FineTune(epochs=args.fine_tune_epochs, lr=args.lr, patience=args.patience, eval_every=args.eval_every,
+                    batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .pipeline import prune_checkpoint
+
+    with _settings_errors():
+        result = prune_checkpoint(args.model, args.out, args.ratios or [args.ratio], _fine_tune(args),
+                                  criterion=args.criterion, data_path=args.data)
+    print(result.summary())
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .pipeline import quantize_checkpoint
+
+    with _settings_errors():
+        result = quantize_checkpoint(args.model, args.out, args.bits, _fine_tune(args), data_path=args.data)
+    print(result.summary())
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import FineTune, Recipe, run_pipeline
+
+    def tune(epochs: int) -> FineTune:
+        return FineTune(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus))
+
+    with _settings_errors():
+        recipe = Recipe(
+            hidden=args.hidden, bits=args.bits, epochs=args.epochs, ratios=args.ratios or [args.ratio],
+            criterion=args.criterion, prune=tune(args.prune_epochs), binary_bits=args.binary_bits,
+            binary=tune(args.binary_epochs), best_hidden=args.best_hidden, best_bits=args.best_bits,
+            best_epochs=args.best_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        )
+        run_pipeline(args.data, Path(args.out_dir), recipe, args.variants, heldout=args.heldout,
+                     build=not args.no_build, export_best=args.export_best)
     return 0
 
 
@@ -176,26 +265,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 @_device_command
 def cmd_bench(args: argparse.Namespace) -> int:
-    import json
+    from . import bench
 
-    from .build import avr_size
-    from .codegen import model_id
-    from .latency import bench_queries, measure_latency
-
-    model = load_model(args.model_option or args.model)
-    elf = Path(args.sim or DEFAULT_ELF)
-    # sizes only from an ELF built for this model: its `!i` string, in flash, names the model id
-    built_for_model = elf.is_file() and f"id={model_id(model)} ".encode() in elf.read_bytes()
-    sizes = avr_size(elf) if built_for_model else None
-    dataset, queries = bench_queries(model, args.queries)
-    with _board(args) as client:
-        report = measure_latency(client, model, queries, sizes=sizes, dataset=dataset)
-    print(report.table())
+    if args.kernels:
+        return bench_kernels(args)
+    if args.flash and not args.port:
+        raise ModelError("--flash writes each model to a real UNO: it needs --port")
+    models = ([args.model_option] if args.model_option else []) + args.models or [str(DEFAULT_MODEL)]
+    with _settings_errors():
+        rows = bench.bench(
+            models, args.data, build=not args.no_build, latency=not args.no_latency,
+            elf=Path(args.sim) if args.sim else None, port=args.port, flash_first=args.flash,
+            queries=args.queries, examples=args.examples, timeout=args.timeout,
+        )
+    print(bench.table(rows))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        bench.write_json(rows, args.json)
         print(f"wrote {args.json}")
-    return 1 if report.mismatches else 0
+    if args.plot:
+        bench.plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if any(r.mismatches for r in rows) else 0
 
 
 @_device_command
@@ -207,6 +297,24 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fine_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="query|response file (default: the dataset the model was trained on)")
+    p.add_argument("--fine-tune-epochs", type=_positive, default=30)
+    p.add_argument("--patience", type=_positive, help="stop after this many epochs without a better integer accuracy")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-every", type=_positive, default=5, help="evaluate the integer model every N epochs")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    _add_focus_argument(p)
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
+
+
+def _add_focus_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--focus", type=float, default=DEFAULT_FOCUS, metavar="BETA",
+                   help=f"weigh each pair by P(whole reply)^BETA while fine-tuning, for exact match "
+                        f"(default {DEFAULT_FOCUS:g}; 0: plain cross-entropy)")
+
+
 def _add_board_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of a real UNO, e.g. /dev/ttyACM0")
@@ -214,6 +322,25 @@ def _add_board_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"run the firmware on a virtual UNO (default ELF {DEFAULT_ELF.relative_to(REPO)})")
     p.add_argument("--timeout", type=float, default=REPLY_TIMEOUT,
                    help=f"seconds to wait for one reply (default {REPLY_TIMEOUT:g})")
+
+
+def bench_kernels(args: argparse.Namespace) -> int:
+    """`unochat bench --kernels`: unochat.kernelbench's table (and --json)."""
+    from .kernelbench import run, write_json
+
+    report = run()
+    print(report.table())
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_kernels_argument(p: argparse.ArgumentParser) -> None:
+    from .codegen import KERNEL_PATHS
+
+    p.add_argument("--kernels", choices=KERNEL_PATHS, default=KERNEL_PATHS[0],
+                   help="fast: AVR assembly inner loops (default); c: the plain C reference kernels")
 
 
 # ---- parser --------------------------------------------------------------------------------------
@@ -234,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.0, help="fraction of pairs held out (seeded split)")
     p.add_argument("--patience", type=int, help="stop after this many evaluations without a better integer accuracy")
     p.add_argument("--eval-every", type=int, default=5, help="evaluate the integer model every N epochs")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="also train on N seeded variants of each training query (typos, dropped/swapped words)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
     p.set_defaults(func=cmd_train)
 
@@ -246,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
     p.add_argument("--out-dir", help="where to write the C (default firmware/generated)")
     p.add_argument("--int-model", help="also write the integer model to this .npz")
+    _add_kernels_argument(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build", help="export, build the UNO firmware, check its size")
     p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
+    _add_kernels_argument(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("ask", help="the reference's reply to a query, on the host")
@@ -267,12 +398,70 @@ def build_parser() -> argparse.ArgumentParser:
     _add_board_arguments(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("bench", help="on-device cycles per character, checked against the reference")
-    p.add_argument("model", nargs="?", help="the model the board runs (.npz or .pt); default: models/default.npz")
-    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the same, as an option")
-    _add_board_arguments(p)
+    p = sub.add_parser("prune", help="remove hidden neurons from a trained model, fine-tune it")
+    p.add_argument("model", help="training checkpoint (.pt)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of every hidden layer's neurons to remove")
+    p.add_argument("--ratios", type=_ratios, help="one fraction per hidden layer, e.g. 0.5,0.4,0.3 (instead of --ratio)")
+    p.add_argument("--criterion", default="l1_std", help="neuron ranking: l1_std (default), l1_mean or gamma")
+    _add_fine_tune_arguments(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("quantize", help="give a trained model new weight formats (latent weights kept), fine-tune it")
+    p.add_argument("model", help="training checkpoint (.pt)")
+    p.add_argument("--bits", type=_formats, required=True, help="1, 2 or 8; per layer: 1,1,2,8")
+    _add_fine_tune_arguments(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("pipeline", help="baseline -> pruned -> binary (and best): train, compress, summarize")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="query|response file (.txt or .txt.gz)")
+    p.add_argument("--out-dir", default=str(REPO / "models" / "pipeline"), help="where the variants go")
+    p.add_argument("--variants", type=_variants, default=["baseline", "pruned", "binary"],
+                   help="which of baseline,pruned,binary,best to make (and what they start from)")
+    p.add_argument("--hidden", type=_sizes, default=[256, 192, 128], help="baseline hidden layer sizes")
+    p.add_argument("--bits", default="2", help="baseline (and pruned) weight format; per layer: 1,1,2,8")
+    p.add_argument("--epochs", type=_positive, default=100, help="baseline training epochs")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of every hidden layer's neurons pruned")
+    p.add_argument("--ratios", type=_ratios, help="one fraction per hidden layer (instead of --ratio)")
+    p.add_argument("--criterion", default="l1_std", help="neuron ranking: l1_std, l1_mean or gamma")
+    p.add_argument("--prune-epochs", type=_positive, default=30, help="fine-tuning epochs after pruning")
+    p.add_argument("--binary-bits", default="1", help="the binary variant's weight format; per layer: 1,1,1,8")
+    p.add_argument("--binary-epochs", type=_positive, default=50, help="fine-tuning epochs after binarizing")
+    p.add_argument("--best-hidden", type=_sizes, default=[160, 128, 96], help="the best variant's hidden sizes")
+    p.add_argument("--best-bits", default="2", help="the best variant's weight format")
+    p.add_argument("--best-epochs", type=_positive, default=100, help="the best variant's training epochs")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    _add_focus_argument(p)
+    p.add_argument("--heldout", type=float, default=0.0,
+                   help="also make every variant without this fraction of held-out pairs (into OUT_DIR/heldout/)")
+    p.add_argument("--no-build", action="store_true", help="skip the firmware builds (no flash, SRAM or fits)")
+    p.add_argument("--export-best", metavar="OUT.pt",
+                   help="copy the best variant that fits the UNO (highest EM) to OUT.pt + OUT.npz")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("bench", help="quality, flash, SRAM and on-device speed of models, as a table, JSON, plot")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model files (.npz, .pt) or pipeline directories; default: models/default.npz")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="a model, as an option")
+    p.add_argument("--data", help="evaluate on this dataset (default: the one each model was trained on)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--sim", nargs="?", const=str(DEFAULT_ELF), metavar="ELF",
+                       help="time this built firmware on the virtual UNO instead of building each model "
+                            f"(default ELF {DEFAULT_ELF.relative_to(REPO)}); one model")
+    where.add_argument("--port", help="time on a real UNO at this serial port (it must run the model, or --flash)")
+    p.add_argument("--flash", action="store_true", help="with --port: flash each model's firmware before timing it")
+    p.add_argument("--timeout", type=float, default=REPLY_TIMEOUT,
+                   help=f"seconds to wait for one reply (default {REPLY_TIMEOUT:g})")
+    p.add_argument("--no-build", action="store_true", help="no firmware: quality only (no flash, SRAM, latency)")
+    p.add_argument("--kernels", action="store_true",
+                   help="instead: cycles of every inner-loop kernel (C path and fast) per weight format and "
+                        "layer shape on the virtual UNO, with its own firmware builds (no model needed)")
+    p.add_argument("--no-latency", action="store_true", help="build and measure sizes, but do not run the firmware")
     p.add_argument("--queries", type=_positive, default=20, help="queries to time (default 20)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--examples", type=int, default=3, help="example replies shown per model (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (a list, one object per model)")
+    p.add_argument("--plot", metavar="FILE", help="also plot EM against flash (matplotlib, e.g. bench.png)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("flash", help="write build/firmware.hex to a real UNO with avrdude")

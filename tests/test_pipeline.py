@@ -1,0 +1,151 @@
+"""The compression pipeline (unochat.pipeline, `unochat pipeline`) on a tiny dataset, without firmware builds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unochat import cli, pipeline, reference
+from unochat.bench import BenchRow
+from unochat.data import Pair
+from unochat.features import FeatureSpec, teacher_forced_examples
+from unochat.intmodel import IntModel
+from unochat.metrics import exact_match
+from unochat.pipeline import PairFocus, Recipe
+
+from conftest import chatty_model, random_model
+from test_device import DEFAULT_PAIRS
+from test_qat import write_dataset
+
+SPEC = FeatureSpec()
+TINY_RECIPE = ["--hidden", "24,16", "--epochs", "2", "--prune-epochs", "1", "--binary-epochs", "1",
+               "--best-hidden", "16,8", "--best-epochs", "1", "--batch-size", "64", "--no-build"]
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "chat.txt"
+    write_dataset(path, n_pairs=60)
+    return path
+
+
+def test_stage_order_adds_what_a_variant_starts_from():
+    assert pipeline.stage_order(["binary"]) == ["baseline", "pruned", "binary"]
+    assert pipeline.stage_order(["best", "pruned"]) == ["baseline", "pruned", "best"]
+    assert pipeline.stage_order(["best"]) == ["best"]
+    with pytest.raises(ValueError, match="unknown variant 'huge'"):
+        pipeline.stage_order(["huge"])
+
+
+def test_stage_key_follows_settings_parent_data_and_split():
+    recipe = Recipe()
+    key = pipeline.stage_key(recipe.settings("pruned"), "p", "d", 0.0)
+    assert key == pipeline.stage_key(Recipe().settings("pruned"), "p", "d", 0.0)
+    assert key != pipeline.stage_key(Recipe(ratios=[0.4]).settings("pruned"), "p", "d", 0.0)
+    assert key != pipeline.stage_key(recipe.settings("pruned"), "q", "d", 0.0)
+    assert key != pipeline.stage_key(recipe.settings("pruned"), "p", "e", 0.0)
+    assert key != pipeline.stage_key(recipe.settings("pruned"), "p", "d", 0.1)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are its input's first columns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3]
+
+
+def test_pair_focus_weighs_pairs_by_their_whole_reply_probability():
+    # 3 pairs of 2, 1 and 2 examples; the right symbol's log-probability per example is known
+    log_p = np.log([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [1 / 3] * 3, [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    x, y = log_p.astype(np.float32), np.array([0, 1, 2, 0, 0])
+    pairs_of = np.array([0, 0, 1, 2, 2])
+    p_whole = np.array([0.5 * 0.5, 1 / 3, 0.5 * 0.1])  # softmax of log-probabilities: the probabilities
+    focus = PairFocus(beta=0.5, floor=0.2)
+    got = focus.weights(x, y, pairs_of)(FixedLogits()).numpy()
+    want = 0.2 + 0.8 * p_whole**0.5 / np.mean(p_whole**0.5)
+    np.testing.assert_allclose(got, want[pairs_of], rtol=1e-5)
+    assert np.allclose(PairFocus(beta=0.0).weights(x, y, pairs_of)(FixedLogits()).numpy(), 1.0)
+
+
+def test_whole_pairs_right_is_the_exact_match():
+    model = chatty_model(2, ["1bit", "2bit"], [32], DEFAULT_PAIRS[:200])
+    queries = [p.query for p in DEFAULT_PAIRS[:200]]
+    replies = reference.generate(model, queries)
+    usable = [(q, r) for q, r in zip(queries, replies) if 0 < len(r) < model.max_reply][:40]
+    assert len(usable) == 40
+    # half the pairs are the model's own replies, a quarter differ in the last character, a quarter go on
+    letters = model.charset[:-1]
+
+    def response(i: int, reply: str) -> str:
+        if i % 2:
+            return reply
+        if i % 4:
+            return reply[:-1] + next(c for c in letters if c != reply[-1])
+        return reply + letters[1]
+
+    pairs = [Pair(q, response(i, r), 0) for i, (q, r) in enumerate(usable)]
+    x, y = teacher_forced_examples(pairs, model.charset, SPEC)
+    em = pipeline.whole_pairs_right(model, x, y, pipeline.pair_index(pairs))
+    assert em == exact_match(model, pairs) == 0.5
+
+
+def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, capsys):
+    out = tmp_path / "pipe"
+    argv = ["pipeline", "--data", str(data_path), "--out-dir", str(out), "--variants", "binary,best",
+            "--heldout", "0.2", *TINY_RECIPE]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    variants = ["baseline", "pruned", "binary", "best"]
+    manifest = json.loads((out / "pipeline.json").read_text())
+    assert [v["name"] for v in manifest["variants"]] == variants
+    for folder, heldout in ((out, 0.0), (out / "heldout", 0.2)):
+        models = {v: IntModel.load(folder / f"{v}.npz") for v in variants}
+        assert all((folder / f"{v}.pt").is_file() for v in variants)
+        assert models["baseline"].shape[1:3] == [24, 16] and models["baseline"].formats == ["2bit"] * 3
+        assert models["pruned"].shape[1:3] == [12, 8] and models["pruned"].formats == ["2bit"] * 3
+        assert models["binary"].shape[1:3] == [12, 8] and models["binary"].formats == ["1bit"] * 3
+        assert models["best"].shape[1:3] == [16, 8]
+        assert models["binary"].meta["parent"] == str(folder / "pruned.pt")
+        assert all(m.meta["config"]["heldout"] == heldout for m in models.values())
+    for v in variants:
+        assert v in printed
+    assert "wall time per stage" in printed
+
+
+def test_pipeline_resumes_and_redoes_only_what_changed(data_path, tmp_path, capsys):
+    out = tmp_path / "pipe"
+    base = ["pipeline", "--data", str(data_path), "--out-dir", str(out), *TINY_RECIPE]
+    assert cli.main(base) == 0
+    stamps = {v: (out / f"{v}.npz").stat().st_mtime_ns for v in ("baseline", "pruned", "binary")}
+    capsys.readouterr()
+    assert cli.main(base) == 0
+    assert capsys.readouterr().out.count("is up to date, skipped") == 3
+    assert cli.main([*base, "--binary-epochs", "2"]) == 0
+    after = {v: (out / f"{v}.npz").stat().st_mtime_ns for v in stamps}
+    assert after["baseline"] == stamps["baseline"] and after["pruned"] == stamps["pruned"]
+    assert after["binary"] != stamps["binary"]
+    assert IntModel.load(out / "binary.npz").meta["config"]["epochs"] == 2
+
+
+def test_export_takes_the_best_fitting_variant_and_its_twin(tmp_path):
+    models = tmp_path / "pipe"
+    for folder in (models, models / "heldout"):
+        folder.mkdir(parents=True)
+        for name in ("big", "small", "tiny"):
+            model = random_model(0, ["2bit", "2bit"], [8])
+            model.save(folder / f"{name}.npz")
+            torch.save({"any": 1}, folder / f"{name}.pt")
+
+    def row(name: str, em: float, fits: bool) -> BenchRow:
+        return BenchRow(name, "d", str(models / f"{name}.npz"), [256, 8, 41], "2", 1, 10, 0.9, em, 0.1, fits=fits)
+
+    rows = [row("big", 0.9, False), row("small", 0.7, True), row("tiny", 0.6, True)]
+    message = pipeline.export_fitting(rows, tmp_path / "out" / "default.pt")
+    assert "exported small" in message
+    for path in (tmp_path / "out" / "default", tmp_path / "out" / "heldout" / "default"):
+        assert IntModel.load(path.with_suffix(".npz")).name == "default"
+        assert path.with_suffix(".pt").is_file()
+    with pytest.raises(ValueError, match="no variant fits"):
+        pipeline.export_fitting(rows[:1], tmp_path / "x.pt")
