@@ -72,7 +72,7 @@ class TrainConfig:
     eval_every: int = 5
     features: FeatureSpec = field(default_factory=FeatureSpec)
     # seeded query variants per training pair (augment.py); the metrics stay on the real pairs.
-    # Measured on tinychat's held-out split (README, "Held-out quality"): a small gain, within seed noise.
+    # Measured in README, "Held-out quality".
     augment: int = 0
 
     def __post_init__(self) -> None:
