@@ -41,6 +41,7 @@ chat: firmware $(UNOSIM)
 
 bench: firmware $(UNOSIM)
 	$(UNOCHAT) bench $(MODEL) --sim --json build/bench.json --plot build/bench.png
+	$(UNOCHAT) bench --kernels --json build/kernels.json
 
 model: setup
 	$(UNOCHAT) train --data $(DATA) --hidden 160,128,96 --bits 2 --epochs 100 --seed 0 --out models/default.pt

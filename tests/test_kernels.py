@@ -269,7 +269,7 @@ def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
     monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
     report = kernelbench.KernelReport()
-    report.kernels = kernelbench.measure_layer(kernelbench.Builder(tmp_path), "1bit", 64, 40)
+    report.kernels = kernelbench.measure_layer(kernelbench.Builder(make_firmware_project(tmp_path)), "1bit", 64, 40)
     report.fill_loop_costs()
     out = tmp_path / "kernels.json"
     kernelbench.write_json(report, out)

@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import statistics
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from . import codegen
+from .bench import firmware_project
 from .build import build_firmware
 from .device import UnoClient, connect
 from .features import FeatureSpec
 from .intmodel import FORMAT_RANGE, IntLayer, IntModel
-from .modelfile import REPO
 
 EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
 # 256x256 and 256x128 int8 weights (64 and 32 KB) cannot fit in flash: int8 takes smaller layers.
@@ -223,13 +221,11 @@ def symbol_sizes(elf: Path) -> dict[str, int]:
 
 
 class Builder:
-    """Builds firmware in a throw-away copy of the PlatformIO project (the repo's build/ is untouched)."""
+    """Builds firmware in a throw-away copy of the PlatformIO project (unochat.bench.firmware_project,
+    which also points PlatformIO at the repo's core): the repo's build/ is untouched."""
 
-    def __init__(self, root: Path) -> None:
-        self.project = root / "project"
-        shutil.copytree(REPO / "firmware" / "src", self.project / "firmware" / "src")
-        (self.project / "tools").symlink_to(REPO / "tools", target_is_directory=True)
-        (self.project / "platformio.ini").write_text((REPO / "platformio.ini").read_text())
+    def __init__(self, project: Path) -> None:
+        self.project = project
 
     def build(self, model: IntModel, path: str, plan: codegen.Plan | None = None,
               profile_requant: bool = False) -> tuple[Path, int]:
@@ -304,8 +300,8 @@ def run(
     from .latency import bench_queries
 
     report = KernelReport()
-    with tempfile.TemporaryDirectory(prefix="unochat-kernelbench-") as tmp:
-        builder = Builder(Path(tmp))
+    with firmware_project() as project:
+        builder = Builder(project)
         for fmt in formats:
             for n_in, n_out in shapes[fmt]:
                 report.kernels += measure_layer(builder, fmt, n_in, n_out)
