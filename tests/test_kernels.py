@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from unochat import cli, codegen, kernelbench, reference
-from unochat.build import FLASH_LIMIT, SizeReport, build_firmware
+from unochat.build import FLASH_LIMIT, BudgetError, SizeReport, build_firmware
 from unochat.codegen import LayerKernel, Plan
 from unochat.data import normalize_query
 from unochat.device import connect
@@ -265,6 +265,26 @@ def test_extreme_sums_on_device(build_plan: Callable) -> None:
 
 
 @on_device
+def test_flash_fallback_holds_on_the_real_elf(build_plan: Callable) -> None:
+    """The wide model of test_wide_model_fits_only_with_the_c_kernels, built: even the smallest fast plan
+    (dense, unrolled 4 times, no thresholds, no cache) is over the flash limit on the real ELF, as the
+    estimate said; the generator's own plan (the C kernels) fits and is bit-exact."""
+    model = random_model(1, ["1bit"] * 3, [384, 192])
+    smallest = _plan(*[LayerKernel("1bit", dense_)] * 3, cache=False, unroll=4)
+    assert codegen.flash_bytes(model, smallest) > FLASH_LIMIT
+    with pytest.raises(BudgetError) as over:
+        build_plan(model, smallest)
+    assert over.value.report.flash_bytes > FLASH_LIMIT
+    plan = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    elf, sizes = build_plan(model, plan)
+    assert sizes.flash_bytes <= codegen.flash_bytes(model, plan) <= FLASH_LIMIT  # the estimate errs on the safe side
+    x = random_inputs(10, 2, model.shape[0])
+    with connect(sim=elf) as client:
+        for xi in x:
+            np.testing.assert_array_equal(client.logits(xi), reference.logits(model, xi)[0])
+
+
+@on_device
 def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
     monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
@@ -281,3 +301,18 @@ def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pyte
     assert rows["dense"]["cycles"] * 3 < rows["c"]["cycles"]
     assert rows["list"]["zero_cycles"] < rows["dense"]["zero_cycles"]  # a list of no inputs costs nothing
     print(f"\n{report.table()}")
+
+
+@on_device
+def test_character_breakdown_both_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`unochat bench --kernels MODEL`: a generated character's parts, fast and C path, replies checked."""
+    model = chatty_model(1, ["1bit"] * 3, [64, 32], DEFAULT_PAIRS)
+    path, out = tmp_path / "m.npz", tmp_path / "breakdown.json"
+    model.save(path)
+    assert cli.main(["bench", "--kernels", str(path), "--queries", "3", "--json", str(out)]) == 0
+    fast, c = json.loads(out.read_text())
+    assert (fast["path"], c["path"]) == ("fast", "c") and fast["chars"] == c["chars"] > 0
+    assert fast["mismatches"] == c["mismatches"] == 0
+    assert 0 < sum(fast["requant"]) < sum(fast["layers"]) and sum(c["requant"]) == 0  # C: not timed apart
+    assert fast["step_median"] * 3 < c["step_median"]
+    assert "of which requantization" in capsys.readouterr().out

@@ -325,15 +325,24 @@ def _add_board_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bench_kernels(args: argparse.Namespace) -> int:
-    """`unochat bench --kernels`: unochat.kernelbench's table (and --json)."""
-    from .kernelbench import run, write_json
+    """`unochat bench --kernels`: unochat.kernelbench's table (and --json); with models, where each
+    model's generated character goes instead, per part, on both kernel paths."""
+    from . import kernelbench
 
-    report = run()
-    print(report.table())
+    models = ([args.model_option] if args.model_option else []) + args.models
+    if not models:
+        report = kernelbench.run()
+        print(report.table())
+        if args.json:
+            kernelbench.write_json(report, args.json)
+            print(f"wrote {args.json}")
+        return 0
+    rows = kernelbench.breakdowns([load_model(m) for m in models], args.queries)
+    print("\n".join(row.table() for row in rows))
     if args.json:
-        write_json(report, args.json)
+        kernelbench.write_json(rows, args.json)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if any(row.mismatches for row in rows) else 0
 
 
 def _add_kernels_argument(p: argparse.ArgumentParser) -> None:
@@ -456,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="no firmware: quality only (no flash, SRAM, latency)")
     p.add_argument("--kernels", action="store_true",
                    help="instead: cycles of every inner-loop kernel (C path and fast) per weight format and "
-                        "layer shape on the virtual UNO, with its own firmware builds (no model needed)")
+                        "layer shape on the virtual UNO, with its own firmware builds (no model needed); with "
+                        "models: the cycles of a generated character per part (query, context features, each "
+                        "layer and its requantization, argmax), C path and fast")
     p.add_argument("--no-latency", action="store_true", help="build and measure sizes, but do not run the firmware")
     p.add_argument("--queries", type=_positive, default=20, help="queries to time (default 20)")
     p.add_argument("--examples", type=int, default=3, help="example replies shown per model (default 3)")

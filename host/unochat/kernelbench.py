@@ -346,30 +346,32 @@ class CharacterBreakdown:
                  row("query (per reply)", self.query), row("context features", self.ctx)]
         for i, (cycles, rq) in enumerate(zip(self.layers, self.requant)):
             lines.append(row(f"layer {i} ({self.shape[i]}->{self.shape[i + 1]} {self.formats[i]})", cycles))
-            lines.append(row("    of which requantization", rq))
+            if self.path == "fast":
+                lines.append(row("    of which requantization", rq))
         lines += [row("argmax", self.argmax), row("other", self.other)]
         return "\n".join(lines)
 
 
 def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str = "fast") -> CharacterBreakdown:
-    """The parts of a generated character on the virtual UNO: `!t` on `queries` with a normal build, and
-    with one that times requantization apart (each of its 2 profile calls a block is charged half to
-    the requantization it brackets)."""
+    """The parts of a generated character on the virtual UNO: `!t` on `queries` with a normal build and,
+    for the fast path, with one that times requantization apart (each of its 2 profile calls a block is
+    charged half to the requantization it brackets). The C path requantizes inside its layer loops: its
+    requantization is not timed apart (0)."""
     from . import reference
 
     expected = reference.generate(model, queries)
     runs = {}
-    for profiled in (False, True):
+    for profiled in (False, True) if path == "fast" else (False,):
         elf, flash = builder.build(model, path, profile_requant=profiled)
         with connect(sim=elf) as client:
             runs[profiled] = [client.timed_reply(q) for q in queries]
         runs[profiled, "flash"] = flash
     timed = runs[False]
+    profiled = runs.get(True, timed)
     steps = sum(len(t.steps) for t in timed)
     evaluations = sum(len(t.steps) - (t.n >= model.max_reply) for t in timed)
     chars = sum(t.n for t in timed)
     layers = [sum(t.layer_cycles[i] for t in timed) / evaluations for i in range(len(model.layers))]
-    profiled = runs[True]
     extra = (sum(sum(t.layer_cycles) + t.requant_cycles for t in profiled) - sum(sum(t.layer_cycles) for t in timed))
     rq_total = sum(t.requant_cycles for t in profiled) - extra / 2
     # per layer: what the profiling build took from each layer, scaled to the corrected total
@@ -378,9 +380,11 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
     ctx = sum(t.ctx_cycles for t in timed) / steps
     argmax = sum(t.argmax_cycles for t in timed) / evaluations
     char_steps = [c for t in timed for c in t.steps[: t.n]]
+    mismatches = sum(t.reply != e for run in (r for k, r in runs.items() if k in (False, True))
+                     for t, e in zip(run, expected))
     return CharacterBreakdown(
         model=model.name, shape=model.shape, formats=model.formats, path=path, chars=chars,
-        mismatches=sum(t.reply != e for t, e in zip(timed, expected) ) + sum(t.reply != e for t, e in zip(profiled, expected)),
+        mismatches=mismatches,
         step_median=statistics.median(char_steps) if char_steps else 0.0,
         per_char_all_in=sum(t.total_cycles for t in timed) / max(chars, 1),
         query=statistics.median(t.query_cycles for t in timed),
@@ -390,6 +394,21 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
     )
 
 
-def write_json(report: KernelReport, path: str | Path) -> None:
+def breakdowns(models: list[IntModel], n_queries: int = 20) -> list[CharacterBreakdown]:
+    """`breakdown` of each model on both kernel paths, on n_queries of its training data's queries."""
+    from .latency import bench_queries
+
+    rows = []
+    with firmware_project() as project:
+        builder = Builder(project)
+        for model in models:
+            queries = bench_queries(model, n_queries)[1]
+            rows += [breakdown(builder, model, queries, path) for path in codegen.KERNEL_PATHS]
+    return rows
+
+
+def write_json(report: KernelReport | list[CharacterBreakdown], path: str | Path) -> None:
+    """The kernels' rows, or one object per model and kernel path."""
+    rows = report.to_json() if isinstance(report, KernelReport) else [asdict(row) for row in report]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    Path(path).write_text(json.dumps(rows, indent=2) + "\n")
