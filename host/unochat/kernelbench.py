@@ -12,8 +12,9 @@ Per format, layer shape and kernel (the C path's, and each fast one the generato
 `first_layer` adds the first layer as the device runs it while it replies (query share cached per
 reply, the context half's nonzero counts only): `!t` on real queries, cycles per step.
 
-`breakdown` splits a model's generated character into its parts: context features, each layer, the
-requantization within them (from a second build that times it apart), argmax and the rest of a step.
+`breakdown` (`unochat bench --kernels MODEL...`) splits a model's generated character into its parts:
+context features, each layer, the requantization within them (from a second build that times it apart),
+argmax and the rest of a step.
 """
 from __future__ import annotations
 
