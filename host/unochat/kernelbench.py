@@ -61,7 +61,9 @@ class KernelResult:
     path: str  # "c" or "fast"
     inputs: int
     outputs: int
-    acc_bits: int  # the fast int8 kernels' sum width (16 or 24); 16 otherwise
+    # int8: the sum width the layer's bound needs (16 or 24), also on the C path's row, so that the two
+    # int8 weight sets' rows stay apart (fill_loop_costs pairs rows by it); 16 otherwise
+    acc_bits: int
     cycles: int  # the layer with every input nonzero
     cycles_per_weight: float
     sparse_cycles: int  # with a fraction `density` of the inputs nonzero
@@ -121,7 +123,7 @@ class KernelReport:
             f"{'sparse':>9} {'c/w':>6} {'zero':>8} {'out nz':>6} {'asm B':>6}",
         ]
         for r in self.kernels:
-            name = r.kernel if r.path == "c" else f"{r.kernel}" + (f"/{r.acc_bits}" if r.format == "int8" else "")
+            name = r.kernel + (f"/{r.acc_bits}" if r.format == "int8" else "")
             loop = "-" if r.loop_cycles_per_weight is None else f"{r.loop_cycles_per_weight:.2f}"
             lines.append(
                 f"{r.format:<6} {r.inputs:>4}x{r.outputs:<4} {name:<10} {r.cycles:>10,} {r.cycles_per_weight:>6.2f} "
@@ -253,7 +255,8 @@ def measure_layer(builder: Builder, fmt: str, n_in: int, n_out: int, density: fl
                 cycles[name] = layer_profile(client, x)[1]
                 if not np.array_equal(client.logits(x), reference.logits(model, x)[0]):
                     raise AssertionError(f"{model.name} {path} {plan.kernels[1] if plan else ''}: logits differ")
-        kernel = plan.kernels[1] if plan else codegen.LayerKernel(fmt, "c")
+        acc = codegen.int8_acc_bits(model, 1) if fmt == "int8" else 16
+        kernel = plan.kernels[1] if plan else codegen.LayerKernel(fmt, "c", acc)
         asm = symbol_sizes(elf).get(f"uk_{kernel.asm}", 0) if kernel.asm else 0
         outputs = reference.forward(model, inputs["dense"])[1]
         results.append(KernelResult(
