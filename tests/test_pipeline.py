@@ -9,11 +9,12 @@ import torch
 
 from unochat import cli, pipeline, reference
 from unochat.bench import BenchRow
-from unochat.data import Pair
+from unochat.data import Pair, load_dataset
 from unochat.features import FeatureSpec, teacher_forced_examples
 from unochat.intmodel import IntModel
 from unochat.metrics import exact_match
-from unochat.pipeline import PairFocus, Recipe
+from unochat.pipeline import FineTune, PairFocus, Recipe
+from unochat.train import FitResult, TrainConfig, integer_accuracy, load_checkpoint, train
 
 from conftest import chatty_model, random_model
 from test_device import DEFAULT_PAIRS
@@ -21,7 +22,8 @@ from test_qat import write_dataset
 
 SPEC = FeatureSpec()
 TINY_RECIPE = ["--hidden", "24,16", "--epochs", "2", "--prune-epochs", "1", "--binary-epochs", "1",
-               "--best-hidden", "16,8", "--best-epochs", "1", "--batch-size", "64", "--no-build"]
+               "--binary-restarts", "0", "--best-hidden", "16,8", "--best-epochs", "1", "--batch-size", "64",
+               "--no-build"]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,38 @@ def test_whole_pairs_right_is_the_exact_match():
     x, y = teacher_forced_examples(pairs, model.charset, SPEC)
     em = pipeline.whole_pairs_right(model, x, y, pipeline.pair_index(pairs))
     assert em == exact_match(model, pairs) == 0.5
+
+
+def fit_result(best_epoch: int, best_tf: float, epochs: int) -> FitResult:
+    history = [{"epoch": e, "loss": 1.0, "tf": best_tf if e == best_epoch else 0.0} for e in range(1, epochs + 1)]
+    return FitResult(best_epoch, best_tf, epochs, False, 1.0, history)
+
+
+def test_merged_cycles_number_epochs_on_and_keep_the_best():
+    first = fit_result(3, 0.8, 4)
+    better = pipeline.merge_cycles(first, fit_result(2, 0.9, 5))
+    assert (better.best_epoch, better.best_tf, better.epochs_run, better.seconds) == (6, 0.9, 9, 2.0)
+    assert [h["epoch"] for h in better.history] == list(range(1, 10))
+    worse = pipeline.merge_cycles(first, fit_result(1, 0.7, 5))
+    assert (worse.best_epoch, worse.best_tf) == (3, 0.8)
+
+
+def test_warm_restarts_leave_the_best_state_of_all_cycles(data_path, tmp_path):
+    config = TrainConfig(hidden=[24, 16], formats=["2bit"] * 3, epochs=2, batch_size=64, eval_every=1)
+    train(data_path, config, tmp_path / "base.pt", progress=False)
+    tune = FineTune(epochs=2, eval_every=1, batch_size=64, restarts=2, restart_epochs=2, restart_lr=1e-2)
+    result = pipeline.quantize_checkpoint(tmp_path / "base.pt", tmp_path / "bin.pt", ["1bit"], tune, progress=False)
+    scores = [h["tf"] for h in result.fit.history]
+    # 2 epochs, then 2 per restart; a restart that finds nothing better ends them (the next would repeat it)
+    epochs = [h["epoch"] for h in result.fit.history]
+    assert epochs in ([1, 2, 3, 4], [1, 2, 3, 4, 5, 6])
+    first_restart_improved = max(scores[2:4]) > max(scores[:2])
+    assert first_restart_improved == (len(epochs) == 6)
+    assert result.fit.best_tf == max(scores) and scores[result.fit.best_epoch - 1] == max(scores)
+    ck = load_checkpoint(tmp_path / "bin.pt")
+    pairs = load_dataset(data_path, charset=ck.charset[:-1]).pairs
+    x, y = teacher_forced_examples(pairs, ck.charset, ck.features)
+    assert integer_accuracy(ck.model, ck.charset, ck.features, x, y) == pytest.approx(max(scores))
 
 
 def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, capsys):

@@ -184,7 +184,7 @@ def _fine_tune(args: argparse.Namespace) -> "FineTune":
     from .pipeline import FineTune
 
     return FineTune(epochs=args.fine_tune_epochs, lr=args.lr, patience=args.patience, eval_every=args.eval_every,
-                    batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus))
+                    batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus), restarts=args.restarts)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -209,15 +209,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import FineTune, Recipe, run_pipeline
 
-    def tune(epochs: int) -> FineTune:
-        return FineTune(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus))
+    def tune(epochs: int, restarts: int = 0) -> FineTune:
+        return FineTune(epochs=epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, focus=_focus(args.focus),
+                        restarts=restarts)
 
     with _settings_errors():
         recipe = Recipe(
             hidden=args.hidden, bits=args.bits, epochs=args.epochs, ratios=args.ratios or [args.ratio],
             criterion=args.criterion, prune=tune(args.prune_epochs), binary_bits=args.binary_bits,
-            binary=tune(args.binary_epochs), best_hidden=args.best_hidden, best_bits=args.best_bits,
-            best_epochs=args.best_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+            binary=tune(args.binary_epochs, args.binary_restarts), best_hidden=args.best_hidden,
+            best_bits=args.best_bits, best_epochs=args.best_epochs, lr=args.lr, batch_size=args.batch_size,
+            seed=args.seed,
         )
         run_pipeline(args.data, Path(args.out_dir), recipe, args.variants, heldout=args.heldout,
                      build=not args.no_build, export_best=args.export_best)
@@ -306,6 +308,7 @@ def _add_fine_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     _add_focus_argument(p)
+    _add_restarts_argument(p, "--restarts", 0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
 
 
@@ -313,6 +316,12 @@ def _add_focus_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--focus", type=float, default=DEFAULT_FOCUS, metavar="BETA",
                    help=f"weigh each pair by P(whole reply)^BETA while fine-tuning, for exact match "
                         f"(default {DEFAULT_FOCUS:g}; 0: plain cross-entropy)")
+
+
+def _add_restarts_argument(p: argparse.ArgumentParser, flag: str, default: int) -> None:
+    p.add_argument(flag, type=int, default=default, metavar="N",
+                   help="then N more cosine cycles of 150 epochs at lr 1e-3, each from the best state so far "
+                        f"(warm restarts, pipeline.FineTune; default {default})")
 
 
 def _add_board_arguments(p: argparse.ArgumentParser) -> None:
@@ -434,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="l1_std", help="neuron ranking: l1_std, l1_mean or gamma")
     p.add_argument("--prune-epochs", type=_positive, default=30, help="fine-tuning epochs after pruning")
     p.add_argument("--binary-bits", default="1", help="the binary variant's weight format; per layer: 1,1,1,8")
-    p.add_argument("--binary-epochs", type=_positive, default=50, help="fine-tuning epochs after binarizing")
+    p.add_argument("--binary-epochs", type=_positive, default=400, help="fine-tuning epochs after binarizing")
+    _add_restarts_argument(p, "--binary-restarts", 3)
     p.add_argument("--best-hidden", type=_sizes, default=[160, 128, 96], help="the best variant's hidden sizes")
     p.add_argument("--best-bits", default="2", help="the best variant's weight format")
     p.add_argument("--best-epochs", type=_positive, default=100, help="the best variant's training epochs")
