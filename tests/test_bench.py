@@ -13,7 +13,7 @@ from unochat.build import FLASH_LIMIT
 from unochat.data import load_dataset, split_heldout
 from unochat.intmodel import IntModel
 from unochat.metrics import evaluate
-from unochat.modelfile import DEFAULT_DATA
+from unochat.modelfile import DEFAULT_DATA, REPO
 
 from conftest import chatty_model
 from test_device import DEFAULT_PAIRS, on_device
@@ -67,6 +67,12 @@ def test_a_twin_of_other_data_is_not_used(models, tmp_path):
     (tmp_path / "full.npz").write_bytes((models / "full.npz").read_bytes())
     (row,) = bench.bench([tmp_path / "full.npz"], build=False, log=lambda _: None)
     assert row.tf_heldout is None and row.heldout_model is None
+
+
+def test_one_dataset_is_one_label_however_its_path_is_given(monkeypatch):
+    monkeypatch.chdir(REPO / "host")
+    given = [Path("../data/default.txt"), REPO / "data" / "default.txt", DEFAULT_DATA]
+    assert {bench.dataset_label(p) for p in given} == {"data/default.txt"}
 
 
 def test_bench_command_writes_table_json_and_plot(models, tmp_path, capsys):

@@ -106,6 +106,12 @@ def dataset_path(model: IntModel, data: str | Path | None = None) -> Path:
     raise FileNotFoundError(f"{model.name}: its training data ({named or 'not recorded'}) is not here; pass --data")
 
 
+def dataset_label(path: Path) -> str:
+    """The dataset's path relative to the repo, however it was given (relative to another directory, or
+    absolute), so that one dataset is one block of the table and one colour of the plot."""
+    return os.path.relpath(path.resolve(), REPO)
+
+
 def heldout_fraction(model: IntModel) -> float:
     return float((model.meta.get("config") or {}).get("heldout", 0.0))
 
@@ -135,7 +141,7 @@ def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_exam
     trained_on, held = split(model, pairs)
     m = evaluate(model, trained_on)
     row = BenchRow(
-        name=path.stem, dataset=str(data_path), model=str(path), shape=model.shape, bits=_bits(model),
+        name=path.stem, dataset=dataset_label(data_path), model=str(path), shape=model.shape, bits=_bits(model),
         params=model.params(), pairs=len(trained_on), tf=m["tf"], em=m["em"], loss=m["loss"],
         train_seconds=model.meta.get("total_seconds"),
     )
