@@ -48,7 +48,7 @@ chat: firmware $(UNOSIM)
 
 # The benchmark of the default model on $(DATA) and, when the tinychat data is there, of the tinychat
 # pipeline's variants (baseline, pruned, binary, best). The pipeline is resumable: a variant already made
-# by the same recipe is skipped, so only the first `make bench` trains (about 19 minutes on 2 cores,
+# by the same recipe is skipped, so only the first `make bench` trains (about 16 minutes on 2 cores,
 # README "Results"); later runs only build, measure and time (about 3 minutes).
 bench: setup $(UNOSIM)
 ifdef TINYCHAT_PIPELINE
@@ -60,7 +60,7 @@ endif
 # The default model: the pipeline's `best` variant on $(DATA) (and its held-out twin, for the held-out
 # figures), exported to models/default.pt + .npz and models/heldout/ (about 8 minutes). Only `best`: on
 # tinychat it is the variant that fits with the highest EM, and the whole pipeline on this data (4x
-# tinychat's training examples) would take several times tinychat's 19 minutes.
+# tinychat's training examples) would take several times tinychat's 16 minutes.
 model: setup
 	$(PIPELINE) --variants best --data $(DATA) --out-dir build/pipeline/default --export-best models/default.pt
 
