@@ -72,7 +72,7 @@ def test_a_twin_of_other_data_is_not_used(models, tmp_path):
 def test_one_dataset_is_one_label_however_its_path_is_given(monkeypatch):
     monkeypatch.chdir(REPO / "host")
     given = [Path("../data/default.txt"), REPO / "data" / "default.txt", DEFAULT_DATA]
-    assert {bench.dataset_label(p) for p in given} == {"data/default.txt"}
+    assert {bench.dataset_label(p) for p in given} == {str(DEFAULT_DATA.resolve())}
 
 
 def test_bench_command_writes_table_json_and_plot(models, tmp_path, capsys):

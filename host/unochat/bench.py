@@ -107,9 +107,9 @@ def dataset_path(model: IntModel, data: str | Path | None = None) -> Path:
 
 
 def dataset_label(path: Path) -> str:
-    """The dataset's path relative to the repo, however it was given (relative to another directory, or
-    absolute), so that one dataset is one block of the table and one colour of the plot."""
-    return os.path.relpath(path.resolve(), REPO)
+    """The dataset's absolute path, however it was given (relative to some directory, or absolute), so
+    that one dataset is one block of the table and one colour of the plot."""
+    return str(path.resolve())
 
 
 def heldout_fraction(model: IntModel) -> float:
