@@ -145,3 +145,21 @@ def test_wide_layers_past_16_bit_sums(fmt):
     assert len(x) > 40 and (reference.forward(model, x)[0] == 255).all()
     np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
     host.close()
+
+
+def test_int8_16bit_sums_into_i16_outputs():
+    """A first layer whose int8 bound allows the wrapping 16-bit kernel sums while its i16 outputs take the
+    C requantization: the sum must be rebuilt in 16 bits there too (a 32-bit rebuild of a wrapped sum was
+    off by multiples of 2^16)."""
+    model = random_model(0, ["int8", "int8"], [16], act="i16")
+    first = model.layers[0]
+    rng = np.random.default_rng(1)
+    first.weight[:] = 0
+    for row in first.weight:
+        row[rng.choice(model.shape[0], 100, replace=False)] = rng.choice([-1, 1], 100)
+    model.validate()
+    assert codegen.int8_acc_bits(model, 0) == 16
+    x = np.vstack([random_inputs(0, 100, model.shape[0]), np.full((1, model.shape[0]), 200, dtype=np.uint8)])
+    host = HostModel(model)
+    np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+    host.close()

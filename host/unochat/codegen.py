@@ -114,6 +114,11 @@ class LayerKernel:
     acc_bits: int = 16  # int8: the kernel's sum, 16 bits (wraps; exact when |acc| < 2^15) or 24
 
     @property
+    def wraps(self) -> bool:
+        """The kernel's sums are kept mod 2^16 (int8, 16-bit): only the 16-bit form of the sum is exact."""
+        return self.fmt == "int8" and self.acc_bits == 16 and self.loop != "c"
+
+    @property
     def block(self) -> int:
         """Output neurons per kernel call: the sums one call keeps in registers."""
         if self.loop == "c":
