@@ -35,6 +35,7 @@ from .build import build_firmware
 from .device import UnoClient, connect
 from .features import FeatureSpec
 from .intmodel import FORMAT_RANGE, IntLayer, IntModel
+from .latency import steps_with_network
 
 EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
 # 256x256 and 256x128 int8 weights (64 and 32 KB) cannot fit in flash: int8 takes smaller layers.
@@ -283,7 +284,7 @@ def measure_first_layer(builder: Builder, fmt: str, n_out: int, queries: list[st
         elf, _ = builder.build(model, path)
         with connect(sim=elf) as client:
             timed = [client.timed_reply(q) for q in queries]
-        per_step = [t.layer_cycles[0] / len(t.steps) for t in timed]  # every step here runs the network
+        per_step = [t.layer_cycles[0] / steps_with_network(t, model.max_reply) for t in timed]
         results.append(FirstLayerResult(
             format=fmt, inputs=spec.n_inputs, outputs=n_out, path=path,
             step_cycles=statistics.median(per_step),
@@ -373,7 +374,7 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
     timed = runs[False]
     profiled = runs.get(True, timed)
     steps = sum(len(t.steps) for t in timed)
-    evaluations = sum(len(t.steps) - (t.n >= model.max_reply) for t in timed)
+    evaluations = sum(steps_with_network(t, model.max_reply) for t in timed)
     chars = sum(t.n for t in timed)
     layers = [sum(t.layer_cycles[i] for t in timed) / evaluations for i in range(len(model.layers))]
     extra = (sum(sum(t.layer_cycles) + t.requant_cycles for t in profiled) - sum(sum(t.layer_cycles) for t in timed))
@@ -381,7 +382,7 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
     # per layer: what the profiling build took from each layer, scaled to the corrected total
     taken = [sum(t.layer_cycles[i] for t in timed) - sum(t.layer_cycles[i] for t in profiled) for i in range(len(layers))]
     scale = rq_total / max(sum(taken), 1)
-    ctx = sum(t.ctx_cycles for t in timed) / steps
+    ctx = sum(t.ctx_cycles for t in timed) / evaluations
     argmax = sum(t.argmax_cycles for t in timed) / evaluations
     char_steps = [c for t in timed for c in t.steps[: t.n]]
     mismatches = sum(t.reply != e for run in (r for k, r in runs.items() if k in (False, True))
@@ -393,7 +394,7 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
         per_char_all_in=sum(t.total_cycles for t in timed) / max(chars, 1),
         query=statistics.median(t.query_cycles for t in timed),
         ctx=ctx, layers=layers, requant=[x * scale / evaluations for x in taken], argmax=argmax,
-        other=sum(sum(t.steps) for t in timed) / steps - ctx - sum(layers) * evaluations / steps - argmax * evaluations / steps,
+        other=(sum(sum(t.steps) for t in timed) - (ctx + sum(layers) + argmax) * evaluations) / steps,
         flash_bytes=runs[False, "flash"],
     )
 

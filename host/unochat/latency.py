@@ -141,8 +141,9 @@ def bench_queries(model: IntModel, n: int) -> tuple[str, list[str]]:
     return str(path), queries[::step][:n]
 
 
-def _steps_with_network(timed: TimedReply, max_reply: int) -> int:
-    # every step runs the network, except the one that stops at the length limit without it
+def steps_with_network(timed: TimedReply, max_reply: int) -> int:
+    """Steps that ran the network (and the context features): all but the one that stops at the length
+    limit without them."""
     return len(timed.steps) - (timed.n >= max_reply)
 
 
@@ -165,7 +166,7 @@ def measure_latency(
 
     char_steps = [c for t in timed for c in t.steps[: t.n]]
     final_steps = [t.steps[-1] for t in timed if t.n < model.max_reply]
-    evaluations = sum(_steps_with_network(t, model.max_reply) for t in timed)
+    evaluations = sum(steps_with_network(t, model.max_reply) for t in timed)
     chars = sum(t.n for t in timed)
     return LatencyReport(
         model=model.name,
