@@ -91,6 +91,18 @@ def test_bench_refuses_a_given_firmware_for_several_models(models, capsys):
     assert "one at a time" in capsys.readouterr().err
 
 
+def test_bench_refuses_to_flash_without_a_build(models, capsys):
+    assert cli.main(["bench", str(models), "--port", "/dev/ttyNOPE0", "--flash", "--no-build"]) == 2
+    assert "--no-build" in capsys.readouterr().err
+
+
+def test_a_model_refused_before_linking_does_not_fit():
+    row = bench.BenchRow(name="x", dataset="d", model="x.npz", shape=[256, 40], bits="8", params=1, pairs=1,
+                         tf=1.0, em=1.0, loss=0.0)
+    bench._add_sizes(row, None, "layer 0 has 40,000 B of weights")
+    assert row.fits is False and row.flash_bytes is None
+
+
 @on_device
 def test_sizes_come_from_the_firmware_and_latency_only_where_it_fits(tmp_path, pio_env):
     small = chatty_model(4, ["1bit", "2bit", "1bit"], [32, 16], DEFAULT_PAIRS)

@@ -221,7 +221,9 @@ def time_on_device(
 
 def _add_sizes(row: BenchRow, sizes: SizeReport | None, budget: str | None) -> None:
     if sizes is not None:
-        row.flash_bytes, row.sram_bytes, row.fits = sizes.flash_bytes, sizes.sram_bytes, budget is None
+        row.flash_bytes, row.sram_bytes = sizes.flash_bytes, sizes.sram_bytes
+    if sizes is not None or budget is not None:  # refused before linking: no sizes, but it does not fit
+        row.fits = budget is None
     row.budget = budget
 
 

@@ -273,6 +273,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_kernels(args)
     if args.flash and not args.port:
         raise ModelError("--flash writes each model to a real UNO: it needs --port")
+    if args.flash and args.no_build:
+        raise ModelError("--flash writes each model's firmware build: it cannot go with --no-build")
     models = ([args.model_option] if args.model_option else []) + args.models or [str(DEFAULT_MODEL)]
     with _settings_errors():
         rows = bench.bench(
