@@ -183,3 +183,15 @@ def test_export_takes_the_best_fitting_variant_and_its_twin(tmp_path):
         assert path.with_suffix(".pt").is_file()
     with pytest.raises(ValueError, match="no variant fits"):
         pipeline.export_fitting(rows[:1], tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("bad", [{"criterion": "bogus"}, {"ratios": [1.5]}, {"ratios": [0.5, 0.5]},
+                                 {"binary_bits": "3"}, {"best_bits": "1,1"}, {"bits": "2,2,2,2,2"}])
+def test_recipe_settings_are_checked_before_anything_trains(bad):
+    with pytest.raises(ValueError):
+        Recipe(hidden=[16, 8, 4], **bad)
+
+
+def test_pipeline_refuses_a_bad_heldout_before_training(data_path, tmp_path, capsys):
+    assert cli.main(["pipeline", "--data", str(data_path), "--out-dir", str(tmp_path), "--heldout", "1.5"]) == 2
+    assert "heldout" in capsys.readouterr().err and not list(tmp_path.iterdir())

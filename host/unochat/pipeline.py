@@ -44,7 +44,7 @@ from .bench import HELDOUT_DIR, MANIFEST, BenchRow
 from .data import Pair, load_dataset
 from .features import teacher_forced_examples
 from .intmodel import IntModel, ModelError
-from .prune import neuron_scores, prune_model, recalibrate_batchnorm, requantize, select_neurons
+from .prune import CRITERIA, neuron_scores, prune_model, recalibrate_batchnorm, requantize, select_neurons
 from .qat import QuantMLP
 from .train import (FitResult, TrainConfig, TrainResult, fit, load_checkpoint, load_training_data, parse_bits,
                     save_trained, train, training_pairs)
@@ -259,6 +259,18 @@ class Recipe:
     batch_size: int = 256
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Check every setting before anything trains: a bad binary format should not wait for the baseline."""
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown pruning criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
+        if not self.ratios or any(not 0.0 <= r < 1.0 for r in self.ratios):
+            raise ValueError(f"pruning ratios are fractions in [0, 1), got {self.ratios}")
+        if len(self.ratios) not in (1, len(self.hidden)):
+            raise ValueError(f"{len(self.ratios)} pruning ratios for {len(self.hidden)} hidden layers")
+        parse_bits(self.bits, len(self.hidden) + 1)
+        parse_bits(self.binary_bits, len(self.hidden) + 1)
+        parse_bits(self.best_bits, len(self.best_hidden) + 1)
+
     def settings(self, variant: str) -> dict:
         """Everything that decides `variant` besides its parent and the data: its part of the resume key."""
         common = {"lr": self.lr, "batch_size": self.batch_size, "seed": self.seed}
@@ -338,6 +350,8 @@ def run_pipeline(
 ) -> list[StageRun]:
     """Make the variants (and what they start from) into out_dir, skip what is already made by the same
     recipe, write pipeline.json, print the benchmark of the results (without latency)."""
+    if not 0.0 <= heldout < 1.0:
+        raise ValueError(f"heldout is a fraction in [0, 1), got {heldout}")
     if export_best and not build:
         raise ValueError("--export-best picks the best model that fits the UNO: it needs the firmware builds")
     digest = load_dataset(data).digest
