@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unochat.augment import (
-    KEYBOARD_NEIGHBOURS, OPS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions, parse_ops,
+    KEYBOARD_NEIGHBOURS, OPS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions,
 )
 from unochat.data import MIN_QUERY, Pair, normalize_query
 
@@ -94,11 +94,10 @@ def test_only_the_chosen_ops():
     assert out and all(p.query.rstrip("?!.") == originals[p.line].rstrip("?!.") for p in out)
 
 
-def test_config_and_parse_ops():
-    assert parse_ops("all") == OPS and parse_ops("drop, typo") == ("drop", "typo")
-    for bad in ("shout", ""):
+def test_config_checks():
+    for bad in (("shout",), ()):
         with pytest.raises(ValueError):
-            parse_ops(bad)
+            AugmentConfig(copies=1, ops=bad)
     with pytest.raises(ValueError):
         AugmentConfig(copies=-1)
     with pytest.raises(ValueError):
@@ -115,7 +114,8 @@ def test_tinychat_substitutions_look_sensible():
     subs = learn_substitutions(train)
     assert "machine" in subs["bot"] and "that" in subs["it"]
     out = augment_pairs(train, AugmentConfig(copies=2, seed=0))
-    assert 1.5 * len(train) < len(out) <= 2 * len(train)
+    # most pairs get both variants; those equal to an existing training query are dropped (3,888 of 5,382)
+    assert 1.4 * len(train) < len(out) <= 2 * len(train)
 
 
 def test_training_uses_variants_of_the_training_pairs_only(tmp_path):
@@ -132,3 +132,9 @@ def test_training_uses_variants_of_the_training_pairs_only(tmp_path):
     assert all(v.response in trained_responses and v.query.lower() not in held for v in augmented[len(plain):])
     with pytest.raises(ValueError, match="augment"):
         TrainConfig(hidden=[8], augment=-1)
+
+
+def test_variants_never_repeat_a_training_query():
+    pairs = [Pair("ok then", "FINE", 1), Pair("ok", "OK?", 2), Pair("then ok", "FINE", 3)]
+    variants = augment_pairs(pairs, AugmentConfig(copies=20, ops=("drop", "swap"), seed=0))
+    assert variants and not {v.query for v in variants} & {p.query for p in pairs}

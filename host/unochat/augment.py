@@ -35,7 +35,6 @@ import numpy as np
 from .data import MIN_QUERY, Pair, normalize_query
 
 OPS = ("drop", "swap", "typo", "sub", "punct")
-DEFAULT_OPS = OPS
 TRAILING = "?!."
 _KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 
@@ -147,7 +146,7 @@ def augment_query(query: str, op: str, rng: np.random.Generator, subs: dict[str,
 @dataclass(frozen=True)
 class AugmentConfig:
     copies: int = 0  # variants per training pair (0: no augmentation)
-    ops: tuple[str, ...] = DEFAULT_OPS  # each variant applies one op drawn uniformly from these
+    ops: tuple[str, ...] = OPS  # each variant applies one op drawn uniformly from these
     min_count: int = 3  # substitutions seen fewer times are not used
     seed: int = 0
 
@@ -164,33 +163,26 @@ class AugmentConfig:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
 
 
-def parse_ops(text: str) -> tuple[str, ...]:
-    """`drop,typo` -> ('drop', 'typo'); `all` -> every op."""
-    if text.strip() == "all":
-        return OPS
-    ops = tuple(op.strip() for op in text.split(",") if op.strip())
-    AugmentConfig(copies=1, ops=ops)  # validates
-    return ops
-
-
 def augment_pairs(pairs: list[Pair], config: AugmentConfig) -> list[Pair]:
     """`config.copies` variants per pair (fewer when an op leaves a query unchanged), originals NOT included.
 
-    Each variant keeps the pair's response and line number. Duplicates of an original query or of another
-    variant of the same pair are dropped, so a variant never just re-weights an existing query."""
+    Each variant keeps the pair's response and line number. A variant equal to any training query (`ok`
+    from `ok then`, while `ok` has a reply of its own) or to another variant of the same pair is dropped:
+    it would contradict a real pair or only re-weight one."""
     if config.copies == 0:
         return []
     subs = learn_substitutions(pairs, config.min_count) if "sub" in config.ops else {}
     rng = np.random.default_rng(config.seed)
+    queries = {p.query.lower() for p in pairs}
     out: list[Pair] = []
     for pair in pairs:
         if is_echo(pair):
             continue
-        seen = {pair.query.lower()}
+        seen: set[str] = set()
         for _ in range(config.copies):
             op = config.ops[int(rng.integers(len(config.ops)))]
             variant = normalize_query(augment_query(pair.query, op, rng, subs))
-            if len(variant) < MIN_QUERY or variant.lower() in seen:
+            if len(variant) < MIN_QUERY or variant.lower() in queries or variant.lower() in seen:
                 continue
             seen.add(variant.lower())
             out.append(Pair(variant, pair.response, pair.line))
