@@ -22,6 +22,8 @@ from unochat.build import (
     parse_avr_size,
 )
 
+from conftest import random_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 # `avr-size -A -d firmware.elf` of the Serial echo sketch below (avr-gcc 5.4, Debian core 1.8.7).
@@ -177,3 +179,15 @@ def test_oversized_sketch_links_and_fails_budget(tmp_path: Path, pio_env: None) 
     assert f"firmware needs {report.flash_bytes:,} B of flash; the UNO has 32,256 B" in message
     assert f"(over by {report.flash_bytes - FLASH_LIMIT:,} B)" in message
     assert "unochat quantize --bits 1" in message
+
+
+@pytest.mark.parametrize("kernels", ["fast", "c"])
+def test_build_refuses_an_uncompilable_layer_on_both_kernel_paths(
+    kernels: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unochat import cli
+
+    model = random_model(0, ["int8", "int8"], [160])  # 256 x 160 int8: 40,960 B in one array
+    model.save(tmp_path / "big.npz")
+    assert cli.main(["build", str(tmp_path / "big.npz"), "--kernels", kernels]) == 1
+    assert "more than avr-gcc can compile" in capsys.readouterr().err

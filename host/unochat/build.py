@@ -230,8 +230,9 @@ def build_firmware(project_dir: Path) -> SizeReport:
 AVR_OBJECT_LIMIT = 32_767  # avr-gcc refuses a single object larger than this
 
 
-def build_model(model: IntModel, project_dir: Path = REPO) -> SizeReport:
-    """Render the model's C into the project, build it and check the budget on the real ELF.
+def build_model(model: IntModel, project_dir: Path = REPO, kernels: str = "fast") -> SizeReport:
+    """Render the model's C (`kernels`: codegen.KERNEL_PATHS) into the project, build it and check the
+    budget on the real ELF.
 
     A layer whose packed weights exceed avr-gcc's object limit cannot even compile (and could never
     fit); it is refused before compiling, with the budget message instead of a compiler error.
@@ -246,7 +247,7 @@ def build_model(model: IntModel, project_dir: Path = REPO) -> SizeReport:
             f"Try: {'; '.join(FLASH_HINTS)}.",
             SizeReport(flash_bytes=tables, sram_bytes=0),
         )
-    render(model, Path(project_dir) / "firmware" / "generated")
+    render(model, Path(project_dir) / "firmware" / "generated", kernels=kernels)
     return build_firmware(project_dir)
 
 

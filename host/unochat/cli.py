@@ -128,15 +128,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_firmware, build_model
-    from .codegen import GENERATED, render
+    from .build import build_model
 
     model = load_model(args.model)
-    if args.kernels == "fast":
-        report = build_model(model)
-    else:  # build_model renders the default (fast) kernels
-        render(model, GENERATED, kernels=args.kernels)
-        report = build_firmware(REPO)
+    report = build_model(model, kernels=args.kernels)
     print(f"{model.describe()}\nbuild/firmware.hex: {report.summary()}")
     return 0
 
