@@ -107,7 +107,7 @@ class TrainConfig:
 @dataclass
 class FitResult:
     best_epoch: int  # 1-based epoch whose state the model now holds
-    best_tf: float  # its integer teacher-forced accuracy on the training examples
+    best_tf: float  # its integer score on the training examples: TF, or fit(score=)'s figure (EM under PairFocus)
     epochs_run: int
     stopped_early: bool
     seconds: float
@@ -237,7 +237,7 @@ class TrainResult:
     seconds: float  # wall time of train(), loading and evaluation included
 
     def summary(self) -> str:
-        lines = [self.int_model.describe(), f"best integer TF at epoch {self.fit.best_epoch}; "
+        lines = [self.int_model.describe(), f"best integer score at epoch {self.fit.best_epoch}; "
                  f"{self.fit.seconds:.0f} s of training, {self.seconds:.0f} s in all"]
         for split, m in self.metrics.items():
             if m:
