@@ -3,9 +3,9 @@
 For every model (an integer .npz, a .pt checkpoint, or a pipeline directory standing for its variants):
 - quality, always of the integer model (metrics.py): teacher-forced accuracy (TF), exact match of whole
   generated replies (EM) and cross-entropy on the pairs the model was trained on; held-out TF and EM on
-  the seeded 10% split (data.split_heldout, seed 0). A model trained on all pairs has seen the held-out
-  pairs, so its held-out figures come from its held-out twin: the same recipe trained without them
-  (`heldout/<name>.npz` beside it, as `unochat pipeline --heldout 0.1` writes it). A model trained with
+  the seeded split (data.split_heldout, seed 0) of the fraction the model or its twin held out. A model
+  trained on all pairs has seen the held-out pairs, so its held-out figures come from its held-out twin:
+  the same recipe trained without them (`heldout/<name>.npz` beside it, as `unochat pipeline --heldout 0.1` writes it). A model trained with
   `heldout` > 0 is measured on its own split.
 - flash and static SRAM from avr-size of the real firmware, built in a throw-away copy of the PlatformIO
   project (the repo's build/ is left alone); fits = build.check_budget. The offline build links oversized
@@ -298,7 +298,7 @@ def table(rows: list[BenchRow]) -> str:
     for dataset in dict.fromkeys(r.dataset for r in rows):
         block = [r for r in rows if r.dataset == dataset]
         lines += ["", f"{dataset}: TF/EM/loss on the pairs each model was trained on; "
-                  "TF ho/EM ho on the seeded 10% held-out split, from a model trained without it", head]
+                  "TF ho/EM ho on the seeded held-out split, from a model trained without it", head]
         for r in block:
             fits = "-" if r.fits is None else ("yes" if r.fits else "no")
             lines.append(
