@@ -5,8 +5,8 @@ For every model (an integer .npz, a .pt checkpoint, or a pipeline directory stan
   generated replies (EM) and cross-entropy on the pairs the model was trained on; held-out TF and EM on
   the seeded split (data.split_heldout, seed 0) of the fraction the model or its twin held out. A model
   trained on all pairs has seen the held-out pairs, so its held-out figures come from its held-out twin:
-  the same recipe trained without them (`heldout/<name>.npz` beside it, as `unochat pipeline --heldout 0.1` writes it). A model trained with
-  `heldout` > 0 is measured on its own split.
+  the same recipe trained without them (`heldout/<name>.npz` beside it, as `unochat pipeline --heldout
+  0.1` writes it). A model trained with `heldout` > 0 is measured on its own split.
 - flash and static SRAM from avr-size of the real firmware, built in a throw-away copy of the PlatformIO
   project (the repo's build/ is left alone); fits = build.check_budget. The offline build links oversized
   images, so a model that does not fit still has measured sizes.

@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model files (.npz, .pt) or pipeline directories; default: models/default.npz")
     p.add_argument("--model", dest="model_option", metavar="MODEL", help="a model, as an option")
     p.add_argument("--data", help="measure quality on this dataset (default: the one each model was trained on); "
-                   "the timed queries come from the model's training data (or data/default.txt where that is missing)")
+                   "the timed queries come from the model's training data (data/default.txt where that "
+                   "is missing)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--sim", nargs="?", const=str(DEFAULT_ELF), metavar="ELF",
                        help="time this built firmware on the virtual UNO instead of building each model "
