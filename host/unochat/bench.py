@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import reference
-from .build import FLASH_LIMIT, BudgetError, SizeReport, avr_size, build_model, check_budget
+from .build import BudgetError, SizeReport, avr_size, build_model, check_budget
 from .codegen import model_id
 from .data import Pair, load_dataset, split_heldout
 from .device import connect, flash
@@ -37,6 +37,7 @@ from .intmodel import IntModel
 from .latency import LatencyReport, bench_queries, measure_latency
 from .metrics import evaluate
 from .modelfile import REPO, load_model
+from .uno import FLASH_LIMIT
 
 HELDOUT_DIR = "heldout"  # a model's held-out twin lives in this folder beside it
 MANIFEST = "pipeline.json"  # a pipeline directory's list of variants, in order

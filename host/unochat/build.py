@@ -21,15 +21,10 @@ from pathlib import Path
 
 from .codegen import render
 from .intmodel import IntModel
+from .uno import FLASH_LIMIT, SRAM_LIMIT, STACK_RESERVE
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = "uno_offline"
-FLASH_LIMIT = 32_256  # 32 KiB minus the 512 B optiboot keeps at the top of flash
-SRAM_LIMIT = 2_048
-# The stack the firmware needs. Measured on the virtual UNO (tests/test_device.py, stack high-water
-# mark after the longest query, a full reply, `!t` and `!x`): 113-115 B; the test also demands 64 B
-# to spare, so static SRAM (.data + .bss) must leave this much free.
-STACK_RESERVE = 192
 
 # One place for the advice, so it follows the CLI if the commands change.
 FLASH_HINTS = (

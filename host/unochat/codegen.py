@@ -45,6 +45,7 @@ import numpy as np
 from . import __version__
 from .data import MAX_QUERY
 from .intmodel import ACT_MAX, FORMAT_BITS, IntLayer, IntModel
+from .uno import FLASH_LIMIT, SRAM_LIMIT, STACK_RESERVE
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
@@ -55,8 +56,7 @@ KERNEL_PATHS = ("fast", "c")
 UNROLL = 8  # copies of each assembly loop's body; the plan falls back to 4 when flash is short
 SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and save ~55 per zero one
 
-FLASH_LIMIT = 32_256  # as unochat.build (which imports this module, so not imported from there)
-SRAM_BUDGET = 2_048 - 192  # the UNO's SRAM less unochat.build.STACK_RESERVE
+SRAM_BUDGET = SRAM_LIMIT - STACK_RESERVE  # static SRAM the plan may fill
 # From avr-size and avr-nm of real builds: static SRAM outside the generated code (Arduino core, Serial
 # buffers, main.cpp's line and command state; main.cpp adds a reply buffer and 4 B per profile slot), and
 # flash outside the generated layers and tables (Arduino core, main.cpp, libgcc, features, line editor),

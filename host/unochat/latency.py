@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import reference
-from .build import SRAM_LIMIT, SizeReport
+from .build import SizeReport
 from .codegen import model_id
 from .data import load_dataset, normalize_query
 from .device import DeviceError, TimedReply, UnoClient
 from .intmodel import IntModel
 from .modelfile import DEFAULT_DATA, REPO
+from .uno import SRAM_LIMIT
 
 SHOWN_MISMATCHES = 5
 
