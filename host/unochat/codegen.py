@@ -197,18 +197,27 @@ def measure_density(model: IntModel, queries: list[str] | None = None, n_queries
 
 
 # ---- requantization --------------------------------------------------------------------------------
-def requant_mode(model: IntModel, index: int, kernel: LayerKernel) -> str:
-    """How the fast path requantizes a layer, as its bound allows: uk_rq<i> in assembly on d, the sum
-    or a stand-in for it, times mult ("half": a 1-bit sum of at most 256 u8 inputs, d = S - ceil(T / 2)
-    in 16 bits and the product doubled, since 2S - T = 2 (S - ceil(T / 2)) + (T & 1); "acc16": every
-    |acc| < 2^15; "wide": |acc| < 2^23, a 24 x 16-bit product), else "c" (libgcc's 32 x 16 multiply;
-    also for i16 outputs). The first layer's sums while replying are small; they take its raw mode."""
+def step_counts(model: IntModel) -> int:
+    """The most counts a first-layer input has while the device replies: at most MAX_QUERY query
+    trigrams and 3 * context_len - 3 context n-grams (unochat_logits takes any input)."""
+    return MAX_QUERY + 3 * model.features.context_len - 3
+
+
+def requant_mode(model: IntModel, index: int, kernel: LayerKernel, step: bool = False) -> str:
+    """How the fast path requantizes a layer, as its bound allows: uk_rq<i> in assembly, straight from
+    the kernel's sums, on d, the sum or a stand-in for it, times mult ("half": a 1-bit sum of at most 256
+    u8 inputs, d = S - ceil(T / 2) in 16 bits and the product doubled, since 2S - T = 2 (S - ceil(T / 2))
+    + (T & 1); "acc16": every |acc| < 2^15; "wide": |acc| < 2^23, a 24 x 16-bit product), else "c"
+    (libgcc's 32 x 16 multiply: i16 outputs, and layers of more than 256 inputs, whose 16-bit kernel
+    sums the C adds up in 32 bits). `step`: the first layer while replying, whose sums are small."""
     layer = model.layers[index]
-    if kernel.loop == "c" or layer.act == "i16":
+    if kernel.loop == "c" or layer.act == "i16" or layer.n_in > 256:
         return "c"
-    bound = int(model.acc_bounds(index).max())
-    if layer.fmt == "1bit" and layer.n_in <= 256:
+    if layer.fmt == "1bit":
         return "half"
+    bound = int(model.acc_bounds(index).max())
+    if step:
+        bound = min(bound, step_counts(model) * int(np.abs(layer.weight).max(initial=1)))
     return "acc16" if bound < 2**15 else "wide" if bound < 2**23 else "c"
 
 
@@ -443,7 +452,10 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
     else:
         packed = pack_blocks(layer, kernel, 16 if i == 0 and plan.pair8 else None)
         blocks = packed.size // (layer.n_in * kernel.input_bytes)
-    mode = requant_mode(model, i, kernel)
+    mode = requant_mode(model, i, kernel, step=i == 0)
+    logits_mode = requant_mode(model, i, kernel)
+    if (mode == "c") != (logits_mode == "c"):
+        raise AssertionError(f"layer {i}: requantization modes {mode} (replying) and {logits_mode} (any input)")
     skip_zeros = plan.skips(i) and mode != "c" and layer.act is not None
     theta_bytes = 3 if mode == "wide" else 2
     entry = (theta_bytes if skip_zeros else 0) + (0 if uniform else 2) + (2 if narrow else 4)
@@ -462,6 +474,8 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         # inputs per kernel call: the sums must not wrap (see unochat_kernels.S)
         "chunks": [(j, min(256, layer.n_in - j)) for j in range(0, layer.n_in, 256)],
         "rq": mode,
+        "rq_logits": logits_mode,  # the first layer's in unochat_logits, where any input may come
+        "rq_stride": 4 if kernel.acc_bits == 24 else 2,  # bytes per kernel sum
         "rq_skip": skip_zeros,
         "rq_theta_bytes": theta_bytes,
         "rq_entry": entry,
@@ -497,6 +511,20 @@ def _c_kernels(model: IntModel, layers: list[dict]) -> list[dict]:
     return kernels
 
 
+def rq_routines(layers: list[dict]) -> list[dict]:
+    """The assembly requantizers: uk_rq<i> per fast layer (the first layer's for its replying step), and
+    uk_rq0x for unochat_logits when any input needs a wider mode than replying does."""
+    routines = []
+    for l in layers:
+        if l["rq"] == "c":
+            continue
+        common = {"layer": l, "fmt": l["fmt"], "stride": l["rq_stride"]}
+        routines.append({"name": f"uk_rq{l['index']}", "mode": l["rq"], "skip": l["rq_skip"], **common})
+        if l["rq_logits"] != l["rq"]:
+            routines.append({"name": f"uk_rq{l['index']}x", "mode": l["rq_logits"], "skip": False, **common})
+    return routines
+
+
 def _context(model: IntModel, plan: Plan, kernels: str, layers: list[dict], profile_requant: bool = False) -> dict:
     mid = model_id(model)
     shape = "-".join(str(n) for n in model.shape)
@@ -511,6 +539,7 @@ def _context(model: IntModel, plan: Plan, kernels: str, layers: list[dict], prof
         "profile_requant": profile_requant,
         "c_kernels": _c_kernels(model, layers),
         "asm_kernels": plan.asm_kernels(),
+        "rq_routines": rq_routines(layers),
         "unroll": plan.unroll,
         "act_buffers": act_buffers(model),
         "list_bytes": list_bytes(model, plan.kernels),
