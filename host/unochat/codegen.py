@@ -53,6 +53,10 @@ GENERATED = REPO / "firmware" / "generated"
 HEADER, SOURCE, ASSEMBLY = "unochat_model.h", "unochat_model.c", "unochat_kernels.S"
 CTYPE = {"u8": "uint8_t", "i16": "int16_t", None: "int32_t"}
 KERNEL_PATHS = ("fast", "c")
+# Bytes of uk_sums, where a kernel call leaves its blocks' sums for uk_rq: several blocks a call share
+# the calls' costs (registers saved, pointers set up, the C around them).
+SUMS_BYTES = 64
+KERNEL_FRAME = 13  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
 UNROLL = 8  # copies of each assembly loop's body; the plan falls back to 4 when flash is short
 SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and save ~55 per zero one
 
@@ -197,6 +201,11 @@ def measure_density(model: IntModel, queries: list[str] | None = None, n_queries
 
 
 # ---- requantization --------------------------------------------------------------------------------
+def kernel_group(kernel: LayerKernel) -> int:
+    """Blocks per kernel call, as many as uk_sums holds (a 1-bit first layer's pair8 calls: pairs)."""
+    return SUMS_BYTES // (kernel.sums * (4 if kernel.acc_bits == 24 else 2))
+
+
 def step_counts(model: IntModel) -> int:
     """The most counts a first-layer input has while the device replies: at most MAX_QUERY query
     trigrams and 3 * context_len - 3 context n-grams (unochat_logits takes any input)."""
@@ -327,7 +336,7 @@ def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
     if cache:
         state += cache_bytes(model, kernels[0])
     firmware = FIRMWARE_SRAM + model.max_reply + 4 * (len(model.layers) + 3)
-    sums = 32 if any(k.loop != "c" for k in kernels) else 0  # uk_sums
+    sums = SUMS_BYTES + KERNEL_FRAME if any(k.loop != "c" for k in kernels) else 0
     return firmware + sum(act_buffers(model)) + state + list_bytes(model, kernels) + sums
 
 
@@ -458,6 +467,7 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         raise AssertionError(f"layer {i}: requantization modes {mode} (replying) and {logits_mode} (any input)")
     skip_zeros = plan.skips(i) and mode != "c" and layer.act is not None
     theta_bytes = 3 if mode == "wide" else 2
+    group = kernel_group(kernel) if mode != "c" and (kernel.loop == "list" or i > 0) and layer.n_in <= 256 else 1
     entry = (theta_bytes if skip_zeros else 0) + (0 if uniform else 2) + (2 if narrow else 4)
     context = {
         "index": i,
@@ -476,6 +486,7 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         "rq": mode,
         "rq_logits": logits_mode,  # the first layer's in unochat_logits, where any input may come
         "rq_stride": 4 if kernel.acc_bits == 24 else 2,  # bytes per kernel sum
+        "group": group,  # blocks per kernel call (the first layer: while replying and for its cache)
         "rq_skip": skip_zeros,
         "rq_theta_bytes": theta_bytes,
         "rq_entry": entry,
@@ -540,6 +551,7 @@ def _context(model: IntModel, plan: Plan, kernels: str, layers: list[dict], prof
         "c_kernels": _c_kernels(model, layers),
         "asm_kernels": plan.asm_kernels(),
         "rq_routines": rq_routines(layers),
+        "sums_bytes": SUMS_BYTES,
         "unroll": plan.unroll,
         "act_buffers": act_buffers(model),
         "list_bytes": list_bytes(model, plan.kernels),
