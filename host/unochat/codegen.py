@@ -266,7 +266,7 @@ class Plan:
     cache: bool  # the first layer's query share cached per reply
     density: list[float]
     skip_zeros: list[bool] | None = None  # per layer: uk_rq skips neurons below their zero threshold
-    pair8: bool = False  # a 1-bit first layer with a cache runs uk_bits_pair8 while replying
+    pair8: bool = False  # a bit-plane first layer with a cache runs uk_bits_pair8 while replying
     unroll: int = UNROLL
 
     def skips(self, index: int) -> bool:
@@ -310,11 +310,12 @@ def cache_ctype(model: IntModel) -> str:
 
 
 def cache_bytes(model: IntModel, kernel: LayerKernel) -> int:
-    """The first layer's per-reply cache in the state: one entry per neuron of its padded last block
-    (1bit: of two blocks, as uk_bits_pair8 may run it, and the query's T)."""
-    entries = -(-model.layers[0].n_out // kernel.block) * kernel.block
+    """The first layer's per-reply cache in the state: one entry per neuron of its padded last block (a
+    list layer's: of two blocks, as uk_bits_pair8 may run it; 1bit: and the query's T)."""
+    block = kernel.block * (2 if kernel.loop == "list" else 1)
+    entries = -(-model.layers[0].n_out // block) * block
     if model.layers[0].fmt == "1bit":
-        return -(-entries // 16) * 16 + 1
+        return entries + 1
     return entries * (2 if cache_ctype(model) == "int16_t" else 1)
 
 
@@ -384,8 +385,8 @@ def plan_layers(model: IntModel, density: list[float] | None = None) -> Plan:
 
     def make_plan(kernels: list[LayerKernel], skip: list[bool], unroll: int) -> Plan:
         cached = cache and kernels[0].loop != "c"
-        # uk_bits_pair8's sums go to uk_rq0 in half mode
-        pair8 = cached and kernels[0] == LayerKernel("1bit", "list") and requant_mode(model, 0, kernels[0]) == "half"
+        # a bit-plane first layer's sums while replying fit 8 bits: uk_bits_pair8 runs its context half
+        pair8 = cached and kernels[0].loop == "list" and requant_mode(model, 0, kernels[0], step=True) != "c"
         return Plan(kernels, cached, density, skip, pair8, unroll)
 
     best = make_plan(kernels, skip, UNROLL)
@@ -459,7 +460,7 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         packed = pack_weights(layer)
         blocks = layer.n_out
     else:
-        packed = pack_blocks(layer, kernel, 16 if i == 0 and plan.pair8 else None)
+        packed = pack_blocks(layer, kernel, 2 * kernel.block if i == 0 and plan.pair8 else None)
         blocks = packed.size // (layer.n_in * kernel.input_bytes)
     mode = requant_mode(model, i, kernel, step=i == 0)
     logits_mode = requant_mode(model, i, kernel)
