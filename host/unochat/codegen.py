@@ -55,9 +55,10 @@ CTYPE = {"u8": "uint8_t", "i16": "int16_t", None: "int32_t"}
 KERNEL_PATHS = ("fast", "c")
 # Bytes of uk_sums, where a kernel call leaves its blocks' sums for uk_rq: several blocks a call share
 # the calls' costs (registers saved, pointers set up, the C around them).
-SUMS_BYTES = 64
+SUMS_BYTES = 128
 KERNEL_FRAME = 13  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
-UNROLL = 8  # copies of each assembly loop's body; the plan falls back to 4 when flash is short
+COLD_UNROLL = 2
+UNROLL = 16  # copies of each assembly loop's body; the plan falls back to 8, then 4, when flash is short
 SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and save ~55 per zero one
 
 SRAM_BUDGET = SRAM_LIMIT - STACK_RESERVE  # static SRAM the plan may fill
@@ -69,8 +70,8 @@ SRAM_BUDGET = SRAM_LIMIT - STACK_RESERVE  # static SRAM the plan may fill
 # model was 76 B over it with 260 B per C layer; tests/test_kernels.py builds it).
 FIRMWARE_SRAM = 265
 FIRMWARE_FLASH = 4_650
-FAST_LAYER_FLASH, C_LAYER_FLASH = 270, 290
-FAST_FIRST_LAYER_FLASH = {"1bit": 800, "2bit": 1_000, "int8": 1_200}
+FAST_LAYER_FLASH, C_LAYER_FLASH = 250, 290
+FAST_FIRST_LAYER_FLASH = {"1bit": 480, "2bit": 580, "int8": 650}
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
 
 # Cycles per input of one block (nonzero input, zero input) by kernel family and loop, measured with
@@ -222,11 +223,11 @@ def requant_mode(model: IntModel, index: int, kernel: LayerKernel, step: bool = 
     layer = model.layers[index]
     if kernel.loop == "c" or layer.act == "i16" or layer.n_in > 256:
         return "c"
-    if layer.fmt == "1bit":
-        return "half"
     bound = int(model.acc_bounds(index).max())
     if step:
         bound = min(bound, step_counts(model) * int(np.abs(layer.weight).max(initial=1)))
+    if layer.fmt == "1bit" and bound >= 2**15:
+        return "half"
     return "acc16" if bound < 2**15 else "wide" if bound < 2**23 else "c"
 
 
@@ -285,6 +286,20 @@ class Plan:
         if self.pair8:
             names.add("bits_pair8")
         return sorted(names)
+
+
+    def unrolls(self) -> dict[str, int]:
+        """Copies of each assembly loop's body: the plan's unroll, but COLD_UNROLL for the loops only
+        unochat_logits runs (with pair8, the first layer's query kernel, and uk_sum unless a later layer
+        walks dense or skip): flash goes to the loops a reply runs."""
+        hot = {k.asm for k in self.kernels[1:] if k.asm} | {"compact"}
+        if any(k.loop in ("dense", "skip") for k in self.kernels[1:]):
+            hot.add("sum")
+        if self.pair8:
+            hot.add("bits_pair8")
+        else:
+            hot |= {self.kernels[0].asm, self.kernels[0].query_kernel.asm, "sum"}
+        return {name: self.unroll if name in hot else COLD_UNROLL for name in self.asm_kernels()}
 
 
 def c_plan(model: IntModel) -> Plan:
@@ -390,7 +405,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None) -> Plan:
         return Plan(kernels, cached, density, skip, pair8, unroll)
 
     best = make_plan(kernels, skip, UNROLL)
-    for candidate in (best, replace(best, unroll=4), replace(best, unroll=4, skip_zeros=[False] * n)):
+    for candidate in (best, replace(best, unroll=8), replace(best, unroll=4), replace(best, unroll=4, skip_zeros=[False] * n)):
         if flash_bytes(model, candidate) <= FLASH_LIMIT:
             return candidate
     kernels, skip = list(kernels), [False] * n
@@ -553,7 +568,7 @@ def _context(model: IntModel, plan: Plan, kernels: str, layers: list[dict], prof
         "asm_kernels": plan.asm_kernels(),
         "rq_routines": rq_routines(layers),
         "sums_bytes": SUMS_BYTES,
-        "unroll": plan.unroll,
+        "unrolls": plan.unrolls(),
         "act_buffers": act_buffers(model),
         "list_bytes": list_bytes(model, plan.kernels),
         "cache_ctype": cache_ctype(model),
