@@ -39,17 +39,27 @@ static void cycles_begin()
     TIMSK1 = _BV(TOIE1);
 }
 
-static uint32_t cycles()
+/* Inlined into the profile calls, and the halves put together through a union: those calls run
+ * inside the timed step, so their own cycles count as the model's. */
+static inline __attribute__((always_inline)) uint32_t read_cycles()
 {
     uint8_t sreg = SREG;
     cli();
-    uint16_t low = TCNT1;
-    uint16_t high = timer1_overflows;
+    union {
+        struct {
+            uint16_t low, high;
+        } half;
+        uint32_t all;
+    } now;
+    now.half.low = TCNT1;
+    now.half.high = timer1_overflows;
     /* an overflow that happened after cli() is pending, not yet counted */
-    if ((TIFR1 & _BV(TOV1)) && low < 0x8000) high++;
+    if ((TIFR1 & _BV(TOV1)) && now.half.low < 0x8000) now.half.high++;
     SREG = sreg;
-    return ((uint32_t)high << 16) | low;
+    return now.all;
 }
+
+static uint32_t cycles() { return read_cycles(); }
 
 /* ---- profile: the generated C calls this between layers (and around the context features and the
  * argmax of a step) when UNOCHAT_PROFILE is set; slots are named in unochat_model.h ---------------- */
@@ -58,12 +68,13 @@ static uint32_t layer_mark;
 
 extern "C" void unochat_profile_layer(uint8_t layer)
 {
-    uint32_t now = cycles();
-    layer_cycles[layer] += now - layer_mark;
+    uint32_t now = read_cycles();
+    uint32_t spent = now - layer_mark;
     layer_mark = now;
+    layer_cycles[layer] += spent;
 }
 
-extern "C" void unochat_profile_start() { layer_mark = cycles(); }
+extern "C" void unochat_profile_start() { layer_mark = read_cycles(); }
 
 /* ---- stack high-water mark: paint free SRAM at boot, later find how far the stack reached -------- */
 extern uint8_t __heap_start;

@@ -55,7 +55,7 @@ CTYPE = {"u8": "uint8_t", "i16": "int16_t", None: "int32_t"}
 KERNEL_PATHS = ("fast", "c")
 # Bytes of uk_sums, where a kernel call leaves its blocks' sums for uk_rq: several blocks a call share
 # the calls' costs (registers saved, pointers set up, the C around them).
-SUMS_BYTES = 128
+SUMS_BYTES = 192
 KERNEL_FRAME = 13  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
 COLD_UNROLL = 2
 UNROLL = 16  # copies of each assembly loop's body; the plan falls back to 8, then 4, when flash is short
@@ -70,8 +70,8 @@ SRAM_BUDGET = SRAM_LIMIT - STACK_RESERVE  # static SRAM the plan may fill
 # model was 76 B over it with 260 B per C layer; tests/test_kernels.py builds it).
 FIRMWARE_SRAM = 265
 FIRMWARE_FLASH = 4_650
-FAST_LAYER_FLASH, C_LAYER_FLASH = 250, 290
-FAST_FIRST_LAYER_FLASH = {"1bit": 480, "2bit": 580, "int8": 650}
+FAST_LAYER_FLASH, C_LAYER_FLASH = 260, 290
+FAST_FIRST_LAYER_FLASH = {"1bit": 480, "2bit": 620, "int8": 720}
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
 
 # Cycles per input of one block (nonzero input, zero input) by kernel family and loop, measured with
@@ -483,6 +483,9 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         raise AssertionError(f"layer {i}: requantization modes {mode} (replying) and {logits_mode} (any input)")
     skip_zeros = plan.skips(i) and mode != "c" and layer.act is not None
     theta_bytes = 3 if mode == "wide" else 2
+    stride = 4 if kernel.acc_bits == 24 else 2
+    # the first layer's step: a 1-bit uk_bits_pair8 leaves 8-bit sums
+    step_stride = 1 if i == 0 and plan.pair8 and layer.fmt == "1bit" else stride
     group = kernel_group(kernel) if mode != "c" and (kernel.loop == "list" or i > 0) and layer.n_in <= 256 else 1
     entry = (theta_bytes if skip_zeros else 0) + (0 if uniform else 2) + (2 if narrow else 4)
     context = {
@@ -501,8 +504,11 @@ def _layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arr
         "chunks": [(j, min(256, layer.n_in - j)) for j in range(0, layer.n_in, 256)],
         "rq": mode,
         "rq_logits": logits_mode,  # the first layer's in unochat_logits, where any input may come
-        "rq_stride": 4 if kernel.acc_bits == 24 else 2,  # bytes per kernel sum
+        "rq_stride": stride,  # bytes per kernel sum
+        "rq_step_stride": step_stride,
+        "rq_logits_routine": f"uk_rq{i}" if (logits_mode, stride) == (mode, step_stride) else f"uk_rq{i}x",
         "group": group,  # blocks per kernel call (the first layer: while replying and for its cache)
+        "pairs": SUMS_BYTES // (16 * step_stride),  # uk_bits_pair8's block pairs per call
         "rq_skip": skip_zeros,
         "rq_theta_bytes": theta_bytes,
         "rq_entry": entry,
@@ -545,10 +551,12 @@ def rq_routines(layers: list[dict]) -> list[dict]:
     for l in layers:
         if l["rq"] == "c":
             continue
-        common = {"layer": l, "fmt": l["fmt"], "stride": l["rq_stride"]}
-        routines.append({"name": f"uk_rq{l['index']}", "mode": l["rq"], "skip": l["rq_skip"], **common})
-        if l["rq_logits"] != l["rq"]:
-            routines.append({"name": f"uk_rq{l['index']}x", "mode": l["rq_logits"], "skip": False, **common})
+        common = {"layer": l, "fmt": l["fmt"]}
+        routines.append({"name": f"uk_rq{l['index']}", "mode": l["rq"], "skip": l["rq_skip"],
+                         "stride": l["rq_step_stride"], **common})
+        if l["rq_logits_routine"] != routines[-1]["name"]:
+            routines.append({"name": l["rq_logits_routine"], "mode": l["rq_logits"], "skip": False,
+                             "stride": l["rq_stride"], **common})
     return routines
 
 

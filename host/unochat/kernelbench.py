@@ -31,11 +31,12 @@ import numpy as np
 
 from . import codegen
 from .bench import firmware_project
-from .build import build_firmware
+from .build import BudgetError, build_firmware
 from .device import UnoClient, connect
 from .features import FeatureSpec
 from .intmodel import FORMAT_RANGE, IntLayer, IntModel
 from .latency import steps_with_network
+from .uno import FLASH_SIZE, STACK_RESERVE
 
 EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
 # 256x256 and 256x128 int8 weights (64 and 32 KB) cannot fit in flash: int8 takes smaller layers.
@@ -235,8 +236,16 @@ class Builder:
               profile_requant: bool = False) -> tuple[Path, int]:
         codegen.render(model, self.project / "firmware" / "generated", kernels=path, plan=plan,
                        profile_requant=profile_requant)
-        with contextlib.redirect_stdout(io.StringIO()):
-            sizes = build_firmware(self.project)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                sizes = build_firmware(self.project)
+        except BudgetError as e:
+            # The build that times requantization apart runs only in the simulator, whose ATmega328P
+            # has no bootloader: its extra profile calls may take the bootloader's 512 B of flash.
+            room = e.report.stack_room >= STACK_RESERVE
+            if not (profile_requant and room and e.report.flash_bytes <= FLASH_SIZE):
+                raise
+            sizes = e.report
         return self.project / "build" / "firmware.elf", sizes.flash_bytes
 
 
