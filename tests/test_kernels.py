@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +82,15 @@ def test_wide_model_fits_only_with_the_c_kernels() -> None:
 
 
 def test_flash_falls_back_to_smaller_kernels() -> None:
-    model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 128, 96])
+    model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [240, 128, 96])
     density = [0.15, 0.3, 0.3, 0.3]
     plan = codegen.plan_layers(model, density)
     assert codegen.flash_bytes(model, plan) <= FLASH_LIMIT
-    unrolled = Plan(plan.kernels, plan.cache, density, plan.skip_zeros, plan.pair8, 8)
-    # the same kernels unrolled 8 times would not fit: the plan unrolls 4 times, or gives up more
-    assert codegen.flash_bytes(model, unrolled) > FLASH_LIMIT and plan.unroll == 4
+    assert [k.loop for k in plan.kernels] == ["list"] * 4 and plan.cache and plan.pair8
+    # the same kernels unrolled 16 or 8 times would not fit: the plan unrolls them 4 times
+    for unroll in (16, 8):
+        assert codegen.flash_bytes(model, replace(plan, unroll=unroll)) > FLASH_LIMIT
+    assert plan.unroll == 4
 
 
 def test_density_is_measured_when_not_given() -> None:
@@ -183,10 +186,19 @@ DEVICE_CASES = {
     "2bit": (["2bit"] * 3, [24, 16], FeatureSpec(),
              _plan(LayerKernel("2bit", list_), LayerKernel("2bit", dense_), LayerKernel("2bit", list_),
                    skip=[True, True, False])),
+    # 2-bit pair8 first layer (8-bit sums of the context half, the 16-bit query cache added), every
+    # bit-plane loop unrolled 16 times, blocks groups with a partial last one
+    "2bit-pair8": (["2bit"] * 4, [40, 36, 20], FeatureSpec(),
+                   _plan(LayerKernel("2bit", list_), LayerKernel("2bit", skip_), LayerKernel("2bit", list_),
+                         LayerKernel("2bit", dense_), skip=[True, True, True, False], pair8=True, unroll=16)),
     # int8: 24-bit sums (wide), and 16-bit ones where the bound allows
     "int8": (["int8"] * 3, [24, 16], FeatureSpec(64, 64),
              _plan(LayerKernel("int8", skip_, 24), LayerKernel("int8", dense_, 24), LayerKernel("int8", skip_, 24),
                    skip=[True, False, False])),
+    # int8 with 24-bit sums in 8-wide dense blocks (third bytes counted down), the argmax fused
+    "int8-dense24": (["int8"] * 3, [24, 16], FeatureSpec(64, 64),
+                     _plan(LayerKernel("int8", skip_, 24), LayerKernel("int8", dense_, 24),
+                           LayerKernel("int8", dense_, 24), skip=[False, True, False])),
     # a 1-bit layer over 384 inputs: chunks of 256, 32-bit sums, wide requantization
     "chunked": (["1bit", "1bit", "int8"], [384, 16], FeatureSpec(64, 64), None),
     "c-path": (["int8", "2bit", "1bit"], [32, 16], FeatureSpec(64, 64), "c"),
@@ -248,14 +260,17 @@ def test_kernels_bit_exact_on_device(build_plan: Callable, name: str) -> None:
 
 
 @on_device
-def test_extreme_sums_on_device(build_plan: Callable) -> None:
-    """Every 1-bit and 2-bit sum at its bound (all weights +1, every input 255) through the list and
-    dense kernels and uk_rq: S = 65,280, the largest the 16-bit sums may hold."""
-    model = random_model(8, ["1bit", "2bit", "1bit"], [256, 16], extreme="max")
+@pytest.mark.parametrize("middle", [LayerKernel("2bit", list_), LayerKernel("int8", dense_, 24)],
+                         ids=["2bit-list", "int8-dense24"])
+def test_extreme_sums_on_device(build_plan: Callable, middle: LayerKernel) -> None:
+    """Every sum at its bound (all weights at their largest, every input 255) through the list and dense
+    kernels and uk_rq: 1-bit and 2-bit S = 65,280, the largest the 16-bit sums may hold; int8 256 *
+    255 * 255 = 16,646,400 in 24 bits (third bytes of 253, counted down by uk_i8_dense24)."""
+    model = random_model(8, ["1bit", middle.fmt, "1bit"], [256, 16], extreme="max")
     first = model.layers[0]  # passes its inputs' sum on, saturated: 255 for every input below
     first.mult[:], first.bias[:], first.shift = 1, 0, 0
     model.validate()
-    plan = _plan(LayerKernel("1bit", list_), LayerKernel("2bit", list_), LayerKernel("1bit", dense_),
+    plan = _plan(LayerKernel("1bit", list_), middle, LayerKernel("1bit", dense_),
                  skip=[True, True, False], pair8=True)
     elf, _ = build_plan(model, plan)
     x = np.concatenate([random_inputs(9, 2, model.shape[0]), np.full((1, model.shape[0]), 255, np.uint8)])
