@@ -13,7 +13,8 @@ Two kernel paths, chosen with `render(..., kernels=)`:
 How the fast path picks a kernel per layer (`plan_layers`). Every layer whose inputs are uint8 (all but
 z80ai's i16 models, which never fit an UNO and keep the C kernels) gets the cheapest of these by the
 cost model `layer_cycles`, cycles per input per block of 8 outputs as measured on the virtual UNO with
-`unochat bench --kernels` (1-bit; 2-bit blocks are 4 outputs, int8 8 or 7):
+`unochat bench --kernels` (1-bit; 2-bit blocks are 4 outputs, int8 8, or 7 when it skips zeros with
+24-bit sums):
 - dense: every input, no test: 29.5 per input (3.7 cycles per 1-bit weight).
 - skip: every input, a zero skipped: 31.5 per nonzero input, 9 per zero one.
 - list (1bit, 2bit, at most 256 inputs): only the nonzero inputs, listed once per layer by uk_compact
@@ -22,15 +23,20 @@ So list wins below about 85% nonzero inputs, dense above; the first layer's cont
 3 * context_len - 3 of its counts are nonzero) always lists. The fraction of nonzero inputs per layer
 comes from the `density` argument, else model.meta["density"], else `measure_density` (the reference
 run on real queries; 14-50% for hidden layers of trained and test models).
+A kernel call runs as many blocks as uk_sums (SUMS_BYTES) holds, and one uk_rq call requantizes them
+straight from the kernel's sums: the calls' costs (registers saved, pointers, the C around them) are
+paid once a group, not once a block.
 The first layer's query half is the same for a whole reply: its share of each first-layer sum is computed
 once per reply into a cache (a list first layer visits only the query's nonzero counts for it), and a
-1-bit first layer then runs uk_bits_pair8 (8-bit sums, 16 outputs a call: 3 cycles per weight), for the
-cache too. ReLU layers whose outputs are mostly 0 (below SKIP_ZEROS_BELOW nonzero) get a
-per-neuron zero threshold that skips the requantization arithmetic (25 cycles instead of about 80).
+bit-plane first layer then runs uk_bits_pair8 (8-bit sums of two blocks at a time: 2 cycles a bit), for
+the cache too; its sums while replying are small, so they requantize in 16 bits. ReLU layers whose
+outputs are mostly 0 (below SKIP_ZEROS_BELOW nonzero) get a per-neuron zero threshold that skips the
+requantization arithmetic (22 cycles instead of about 80). The last layer's uk_rq also keeps the
+argmax of the logits it makes.
 What must fit decides in this order: SRAM (the cache first, then list buffers where they save least),
-then flash (the asm unrolled 8 times, else 4; then without zero thresholds; then the C kernels for the
-largest layers), both estimated here (`sram_bytes`, `flash_bytes`) and checked on the real ELF by
-unochat.build.
+then flash (the loops a reply runs unrolled 16 times, else 8, else 4, those only unochat_logits runs
+COLD_UNROLL times; then without zero thresholds; then the C kernels for the largest layers), both
+estimated here (`sram_bytes`, `flash_bytes`) and checked on the real ELF by unochat.build.
 """
 from __future__ import annotations
 
