@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from unochat import cli, prune, qat
+from unochat import cli, codegen, prune, qat
 from unochat import train as T
 from unochat.data import load_dataset, split_heldout
 from unochat.features import FeatureSpec, teacher_forced_examples
@@ -125,6 +125,9 @@ def test_prune_command_fine_tunes_on_the_parents_split(checkpoint, data_path, tm
     assert model.meta["source"] == "unochat prune" and model.meta["parent"] == str(checkpoint)
     assert model.meta["prune"] == {"ratios": [0.5, 0.25], "criterion": "l1_std"}
     assert model.meta["total_seconds"] > model.meta["seconds"] > 0  # the parent's training counts too
+    # measured on its data, so that its kernel plan does not depend on which files are at hand
+    assert model.meta["density"] == codegen.measure_density(model)
+    assert len(model.meta["density"]) == 3 and all(0 < d < 1 for d in model.meta["density"])
     ck = T.load_checkpoint(out)
     assert ck.config.heldout == 0.2 and ck.config.hidden == [12, 12] and ck.config.epochs == 2
     train_pairs, held = split_heldout(load_dataset(data_path).pairs, 0.2, seed=0)

@@ -34,7 +34,7 @@ from .codegen import model_id
 from .data import Pair, load_dataset, split_heldout
 from .device import connect, flash
 from .intmodel import IntModel
-from .latency import LatencyReport, bench_queries, measure_latency
+from .latency import BENCH_QUERIES, LatencyReport, bench_queries, measure_latency
 from .metrics import evaluate
 from .modelfile import REPO, load_model
 from .uno import FLASH_LIMIT
@@ -242,7 +242,7 @@ def bench(
     elf: Path | None = None,
     port: str | None = None,
     flash_first: bool = False,
-    queries: int = 20,
+    queries: int = BENCH_QUERIES,
     examples: int = 3,
     timeout: float = 20.0,
     log: Callable[[str], None] = print,

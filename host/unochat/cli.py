@@ -16,6 +16,7 @@ from .build import BuildError
 from .data import DatasetError, normalize_query
 from .device import REPLY_TIMEOUT
 from .intmodel import MAX_WIDTH, ModelError
+from .latency import BENCH_QUERIES
 from .modelfile import DEFAULT_DATA, DEFAULT_MODEL, REPO, load_model
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = bench.bench(
             models, args.data, build=not args.no_build, latency=not args.no_latency,
             elf=Path(args.sim) if args.sim else None, port=args.port, flash_first=args.flash,
-            queries=args.queries, examples=args.examples, timeout=args.timeout,
+            queries=args.queries or BENCH_QUERIES, examples=args.examples, timeout=args.timeout,
         )
     print(bench.table(rows))
     if args.json:
@@ -337,13 +338,13 @@ def bench_kernels(args: argparse.Namespace) -> int:
 
     models = ([args.model_option] if args.model_option else []) + args.models
     if not models:
-        report = kernelbench.run()
+        report = kernelbench.run(queries=args.queries or kernelbench.FIRST_LAYER_QUERIES)
         print(report.table())
         if args.json:
             kernelbench.write_json(report, args.json)
             print(f"wrote {args.json}")
         return 0
-    rows = kernelbench.breakdowns([load_model(m) for m in models], args.queries)
+    rows = kernelbench.breakdowns([load_model(m) for m in models], args.queries or BENCH_QUERIES)
     print("\n".join(row.table() for row in rows))
     if args.json:
         kernelbench.write_json(rows, args.json)
@@ -478,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "models: the cycles of a generated character per part (query, context features, each "
                         "layer and its requantization, argmax), C path and fast")
     p.add_argument("--no-latency", action="store_true", help="build and measure sizes, but do not run the firmware")
-    p.add_argument("--queries", type=_positive, default=20, help="queries to time (default 20)")
+    p.add_argument("--queries", type=_positive,
+                   help=f"queries to time (default {BENCH_QUERIES}; the kernel table's first layer: 8)")
     p.add_argument("--examples", type=int, default=3, help="example replies shown per model (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (a list, one object per model)")
     p.add_argument("--plot", metavar="FILE", help="also plot EM against flash (matplotlib, e.g. bench.png)")

@@ -21,8 +21,9 @@ cost model `layer_cycles`, cycles per input per block of 8 outputs as measured o
   (about 10 per input): 34 per nonzero input. Needs a list buffer of one byte per input in SRAM.
 So list wins below about 85% nonzero inputs, dense above; the first layer's context half (at most
 3 * context_len - 3 of its counts are nonzero) always lists. The fraction of nonzero inputs per layer
-comes from the `density` argument, else model.meta["density"], else `measure_density` (the reference
-run on real queries; 14-50% for hidden layers of trained and test models).
+comes from the `density` argument, else model.meta["density"] (which `unochat train` and the pipeline
+measure when they save a model), else `measure_density` (the reference run on real queries; 14-50% for
+hidden layers of trained and test models).
 A kernel call runs as many blocks as uk_sums (SUMS_BYTES) holds, and one uk_rq call requantizes them
 straight from the kernel's sums: the calls' costs (registers saved, pointers, the C around them) are
 paid once a group, not once a block.

@@ -35,7 +35,7 @@ from .build import BudgetError, build_firmware
 from .device import UnoClient, connect
 from .features import FeatureSpec
 from .intmodel import FORMAT_RANGE, IntLayer, IntModel
-from .latency import steps_with_network
+from .latency import BENCH_QUERIES, steps_with_network
 from .uno import FLASH_SIZE, STACK_RESERVE
 
 EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
@@ -52,6 +52,7 @@ SHAPES = {
 }
 FORMATS = tuple(SHAPES)
 SPARSE_DENSITY = 0.25
+FIRST_LAYER_QUERIES = 8  # real queries the first layer is timed on while replying
 CHARSET_SMALL = "AB\x00"
 CHARSET_40 = " ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?\x00"
 
@@ -307,7 +308,7 @@ def run(
     formats: tuple[str, ...] = FORMATS,
     shapes: dict[str, tuple[tuple[int, int], ...]] = SHAPES,
     first_layer: bool = True,
-    queries: int = 8,
+    queries: int = FIRST_LAYER_QUERIES,
 ) -> KernelReport:
     """Measure every kernel for every format and its shapes and, with first_layer, the sparse first
     layer on real queries."""
@@ -408,7 +409,7 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
     )
 
 
-def breakdowns(models: list[IntModel], n_queries: int = 20) -> list[CharacterBreakdown]:
+def breakdowns(models: list[IntModel], n_queries: int = BENCH_QUERIES) -> list[CharacterBreakdown]:
     """`breakdown` of each model on both kernel paths, on n_queries of its training data's queries."""
     from .latency import bench_queries
 

@@ -25,6 +25,7 @@ from .modelfile import DEFAULT_DATA, REPO
 from .uno import SRAM_LIMIT
 
 SHOWN_MISMATCHES = 5
+BENCH_QUERIES = 20  # real queries a model is timed on
 
 
 @dataclass

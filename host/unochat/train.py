@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import AugmentConfig, augment_pairs
+from .codegen import measure_density
 from .data import Dataset, Pair, build_charset, load_dataset, split_heldout
 from .features import FeatureSpec, teacher_forced_examples
 from .intmodel import FORMAT_RANGE, MAX_WIDTH, IntModel
@@ -349,6 +350,9 @@ def save_trained(
         "total_seconds": seconds + parent_seconds,
         **(meta or {}),
     }
+    # The fast kernels' plan follows how many of each layer's inputs are nonzero: measured here, on the
+    # training data's queries, the model builds the same way where that file is not at hand.
+    int_model.meta["density"] = measure_density(int_model)
     checkpoint = {
         "version": CHECKPOINT_VERSION,
         "state_dict": model.state_dict(),
