@@ -36,7 +36,7 @@ from .device import connect, flash
 from .intmodel import IntModel
 from .latency import BENCH_QUERIES, LatencyReport, bench_queries, measure_latency
 from .metrics import evaluate
-from .modelfile import REPO, load_model
+from .modelfile import REPO, load_model, training_data
 from .uno import FLASH_LIMIT
 
 HELDOUT_DIR = "heldout"  # a model's held-out twin lives in this folder beside it
@@ -100,11 +100,11 @@ def dataset_path(model: IntModel, data: str | Path | None = None) -> Path:
     """`data` if given, else the dataset the model was trained on (its meta), found here or in the repo."""
     if data is not None:
         return Path(data)
-    named = (model.meta.get("dataset") or {}).get("path")
-    for candidate in ([Path(named), REPO / named] if named else []):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{model.name}: its training data ({named or 'not recorded'}) is not here; pass --data")
+    found = training_data(model.meta)
+    if found is None:
+        named = (model.meta.get("dataset") or {}).get("path")
+        raise FileNotFoundError(f"{model.name}: its training data ({named or 'not recorded'}) is not here; pass --data")
+    return found
 
 
 def dataset_label(path: Path) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from . import reference
 from .build import SizeReport
@@ -21,7 +20,7 @@ from .codegen import model_id
 from .data import load_dataset, normalize_query
 from .device import DeviceError, TimedReply, UnoClient
 from .intmodel import IntModel
-from .modelfile import DEFAULT_DATA, REPO
+from .modelfile import DEFAULT_DATA, training_data
 from .uno import SRAM_LIMIT
 
 SHOWN_MISMATCHES = 5
@@ -131,13 +130,7 @@ def check_model(client: UnoClient, model: IntModel) -> dict[str, str]:
 def bench_queries(model: IntModel, n: int) -> tuple[str, list[str]]:
     """(dataset path, n distinct normalized queries spread evenly over it): the model's training data
     if its meta names a file that exists here, else data/default.txt."""
-    dataset = model.meta.get("dataset")
-    named = dataset.get("path") if isinstance(dataset, dict) else None
-    path = DEFAULT_DATA
-    for candidate in ([Path(named), REPO / named] if named else []):
-        if candidate.is_file():
-            path = candidate
-            break
+    path = training_data(model.meta) or DEFAULT_DATA
     queries = list(dict.fromkeys(normalize_query(p.query) for p in load_dataset(path).pairs))
     step = max(1, len(queries) // max(n, 1))
     return str(path), queries[::step][:n]

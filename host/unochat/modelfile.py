@@ -13,6 +13,16 @@ DEFAULT_MODEL = REPO / "models" / "default.npz"
 DEFAULT_DATA = REPO / "data" / "default.txt"
 
 
+def training_data(meta: dict) -> Path | None:
+    """The dataset a model's (or checkpoint's) meta names, where it is found here: as recorded, or
+    relative to the repo (a pipeline run elsewhere records its own paths). None if it is not here."""
+    named = (meta.get("dataset") or {}).get("path")
+    for candidate in ([Path(named), REPO / named] if named else []):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_model(path: str | Path | None = None) -> IntModel:
     p = Path(path) if path else DEFAULT_MODEL
     if not p.exists():

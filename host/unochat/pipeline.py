@@ -44,6 +44,7 @@ from .bench import HELDOUT_DIR, MANIFEST, BenchRow
 from .data import Pair, load_dataset
 from .features import teacher_forced_examples
 from .intmodel import IntModel, ModelError
+from .modelfile import training_data
 from .prune import CRITERIA, neuron_scores, prune_model, recalibrate_batchnorm, requantize, select_neurons
 from .qat import QuantMLP
 from .train import (FitResult, TrainConfig, TrainResult, fit, load_checkpoint, load_training_data, parse_bits,
@@ -149,7 +150,8 @@ def derive(
         raise ValueError(f"{parent_path}: fine-tuning needs a training checkpoint (.pt): an integer model has "
                          "no latent weights left")
     ck = load_checkpoint(parent_path)
-    data_path = data_path or ck.info["dataset"]["path"]
+    # the parent's data, found as bench finds a model's (else its recorded path, for the error to name)
+    data_path = data_path or training_data(ck.info) or ck.info["dataset"]["path"]
     data = load_training_data(data_path, ck.config.heldout, charset=ck.charset)
     pairs = training_pairs(data, ck.config)
     xy = teacher_forced_examples(pairs, ck.charset, ck.features)
