@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unochat.augment import (
-    KEYBOARD_NEIGHBOURS, OPS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions,
+    KEYBOARD_NEIGHBOURS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions,
 )
 from unochat.data import MIN_QUERY, Pair, normalize_query
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from unochat import cli, codegen, prune, qat
+from unochat import cli, codegen, prune
 from unochat import train as T
 from unochat.data import load_dataset, split_heldout
 from unochat.features import FeatureSpec, teacher_forced_examples
