@@ -184,6 +184,17 @@ def test_replies_bit_exact(board: Board) -> None:
 
 
 @on_device
+def test_uart_writes_are_timed(board: Board) -> None:
+    """`!u` echoes its text, a character at a time, with the cycles of those writes: a few dozen
+    a character (each into an empty transmit buffer), the same for every character."""
+    one = board.client.uart_cycles("A")
+    many = board.client.uart_cycles("HELLO THERE!")
+    assert 0 < one < 400 and many == 12 * one
+    with pytest.raises(ValueError, match="printable ASCII"):
+        board.client.uart_cycles(" edge ")
+
+
+@on_device
 @pytest.mark.parametrize(
     "extreme, formats, act",
     [("max", ["int8", "2bit", "1bit"], "u8"), ("min", ["1bit", "int8", "2bit"], "u8"),

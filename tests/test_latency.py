@@ -42,6 +42,10 @@ class ScriptedBoard:
         self.round_trips += 1
         return {"free": 500, "least_free": 400}
 
+    def uart_cycles(self, text: str) -> int:
+        self.round_trips += 1
+        return 40 * len(text)
+
 
 def timed(reply: str, steps: list[int], query: int, layers: list[int]) -> TimedReply:
     return TimedReply(reply, steps, query, query + sum(steps), layers)
@@ -59,12 +63,13 @@ def test_measure_latency_arithmetic() -> None:
         c: timed(want[c], [130, 140, 150, 5], 50, [390, 30]),
     })
     report = measure_latency(board, model, [a, b, c])
-    assert report.queries == 3 and report.chars == 8 and report.round_trips == 5
+    assert report.queries == 3 and report.chars == 8 and report.round_trips == 8  # + `!u` per reply
     assert report.step_cycles_median == 135  # of 100, 110, 120, 200, 210, 130, 140, 150
     assert (report.step_cycles_min, report.step_cycles_max) == (100, 210)
     assert report.final_step_cycles_median == 90  # only the EOS step; the length-limit ones are not steps
     assert report.query_cycles_median == 50
-    assert report.char_cycles == (375 + 560 + 475) / 8
+    assert report.uart_cycles == 40
+    assert report.char_cycles == (375 + 560 + 475) / 8 + 40  # the UART writes count too
     assert report.layer_cycles == [(300 + 450 + 390) / 9, (30 + 60 + 30) / 9]  # 3 + 3 + 3 network runs
     assert [(m.query, m.device) for m in report.mismatches] == [(b, "XY")]
     assert report.least_free == 400 and report.stack_bytes is None

@@ -13,6 +13,8 @@
  *   !x <hex>       logits of a raw input vector (2 hex digits per input): "!x <l0>,<l1>,..."
  *   !p             cycles per layer of the last !x: "!p layers=<c,...>"
  *   !m             free SRAM now and the least free SRAM since reset (stack high-water mark)
+ *   !u <text>      writes <text> back as a chat's reply goes out, a character at a time:
+ *                  "!u <text> cycles=<c> n=<chars>", the Timer1 cycles of those writes
  * The letter after '!' names the command; one space after it is a separator, the rest of the line
  * is the argument, edited like a chat line (so "!t <query>" times exactly the chat line "<query>").
  * Errors come back as "!e <reason>". Bytes are handled as they arrive: a line longer than the buffers
@@ -141,7 +143,8 @@ static void chat(const char *query, uint8_t len)
 }
 
 /* The same generation, timed. Each step's cycles are printed as soon as they are known, outside the
- * timed region (printing waits for the UART, not for the model), so no per-step table is kept. */
+ * timed region, so no per-step table is kept; and sent before the next step starts, so that no transmit
+ * interrupt lands in a step (a chat writes its one character a step into an empty buffer: `!u`). */
 static void timed_chat(const char *query, uint8_t len)
 {
     uint8_t n = 0;
@@ -152,6 +155,7 @@ static void timed_chat(const char *query, uint8_t len)
     uint32_t query_cycles = cycles() - start;
     uint32_t total = query_cycles;
     Serial.print(F("!t step="));
+    Serial.flush();
     for (;;) {
         uint32_t mark = cycles();
         c = unochat_step(&state);
@@ -159,6 +163,7 @@ static void timed_chat(const char *query, uint8_t len)
         total += spent;
         if (n) Serial.write(',');
         Serial.print(spent);
+        Serial.flush();
         if (c < 0) break;
         reply[n++] = (char)c;
     }
@@ -178,6 +183,25 @@ static void timed_chat(const char *query, uint8_t len)
     Serial.print(F(" reply="));
     Serial.write((const uint8_t *)reply, n);
     Serial.println();
+}
+
+/* What a chat's reply costs the CPU on the UART: the text written back a character at a time, each
+ * into an empty transmit buffer as a chat's are (a step takes far longer than the 87 us a byte takes to
+ * go out), with the Timer1 cycles of those writes. */
+static void timed_write(const char *text, uint8_t len)
+{
+    uint32_t spent = 0;
+    Serial.print(F("!u "));
+    for (uint8_t k = 0; k < len; k++) {
+        Serial.flush();
+        uint32_t mark = cycles();
+        Serial.write(text[k]);
+        spent += cycles() - mark;
+    }
+    Serial.print(F(" cycles="));
+    Serial.print(spent);
+    Serial.print(F(" n="));
+    Serial.println(len);
 }
 
 /* ---- input: one state machine over received bytes ------------------------------------------------ */
@@ -224,6 +248,9 @@ static void run_command()
         break;
     case 't':
         timed_chat(line.text, line.len);
+        break;
+    case 'u':
+        timed_write(line.text, line.len);
         break;
     case 'x':
         if (hex_bad || nibbles != 2 * UNOCHAT_N_INPUTS) {

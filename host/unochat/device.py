@@ -385,6 +385,21 @@ class UnoClient:
             raise ValueError(f"logits() takes one uint8 vector, got {values.dtype} of shape {values.shape}")
         return self._answer(b"!x " + values.tobytes().hex().encode(), _parse_logits, timeout, "!x")
 
+    def uart_cycles(self, text: str, timeout: float | None = None) -> int:
+        """`!u`: Timer1 cycles the firmware spends writing `text` (printable ASCII) to the UART a character
+        at a time, each into an empty transmit buffer, as a chat's reply goes out."""
+        if not text or not all(" " <= c <= "~" for c in text) or text != text.strip():
+            raise ValueError(f"uart_cycles() takes printable ASCII without edge spaces, got {text!r}")
+
+        def parse(line: bytes) -> int:
+            echoed, sep, fields = _after_prefix(line, b"!u ").rpartition(" cycles=")
+            cycles, n = fields.split(" n=")
+            if not sep or echoed != text or int(n) != len(text):
+                raise ValueError("not the echo of the text")
+            return int(cycles)
+
+        return self._answer(b"!u " + text.encode("ascii"), parse, timeout, "!u")
+
     def memory(self, timeout: float | None = None) -> dict[str, int]:
         """`!m`: free SRAM now (`free`) and the least since reset (`least_free`: the stack's high-water mark)."""
         return self._answer(b"!m", _parse_memory, timeout, "!m")

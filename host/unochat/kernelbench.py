@@ -35,7 +35,7 @@ from .build import BudgetError, build_firmware
 from .device import UnoClient, connect
 from .features import FeatureSpec
 from .intmodel import FORMAT_RANGE, IntLayer, IntModel
-from .latency import BENCH_QUERIES, steps_with_network
+from .latency import BENCH_QUERIES, steps_with_network, uart_cycles_per_char
 from .uno import FLASH_SIZE, STACK_RESERVE
 
 EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
@@ -341,7 +341,7 @@ class CharacterBreakdown:
     chars: int
     mismatches: int
     step_median: float  # a step that generated a character
-    per_char_all_in: float  # every cycle of the replies (query included) over the characters
+    per_char_all_in: float  # every cycle of the replies (query and UART writes included) over the characters
     query: float  # per reply: query features and the first layer's cache
     ctx: float  # per step: context features
     layers: list[float]  # per network evaluation, requantization included
@@ -349,6 +349,7 @@ class CharacterBreakdown:
     argmax: float
     other: float  # per step: the rest (profile calls, the context shift, unochat_step itself)
     flash_bytes: int
+    uart: float = 0.0  # per character: writing it to the UART as a chat does (`!u`)
 
     def table(self, f_cpu: int = 16_000_000) -> str:
         def row(name: str, cycles: float) -> str:
@@ -363,7 +364,7 @@ class CharacterBreakdown:
             lines.append(row(f"layer {i} ({self.shape[i]}->{self.shape[i + 1]} {self.formats[i]})", cycles))
             if self.path == "fast":
                 lines.append(row("    of which requantization", rq))
-        lines += [row("argmax", self.argmax), row("other", self.other)]
+        lines += [row("argmax", self.argmax), row("other", self.other), row("UART write (per character)", self.uart)]
         return "\n".join(lines)
 
 
@@ -380,6 +381,8 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
         elf, flash = builder.build(model, path, profile_requant=profiled)
         with connect(sim=elf) as client:
             runs[profiled] = [client.timed_reply(q) for q in queries]
+            if not profiled:
+                uart = uart_cycles_per_char(client, [t.reply for t in runs[profiled]])
         runs[profiled, "flash"] = flash
     timed = runs[False]
     profiled = runs.get(True, timed)
@@ -401,11 +404,11 @@ def breakdown(builder: Builder, model: IntModel, queries: list[str], path: str =
         model=model.name, shape=model.shape, formats=model.formats, path=path, chars=chars,
         mismatches=mismatches,
         step_median=statistics.median(char_steps) if char_steps else 0.0,
-        per_char_all_in=sum(t.total_cycles for t in timed) / max(chars, 1),
+        per_char_all_in=sum(t.total_cycles for t in timed) / max(chars, 1) + uart,
         query=statistics.median(t.query_cycles for t in timed),
         ctx=ctx, layers=layers, requant=[x * scale / evaluations for x in taken], argmax=argmax,
         other=(sum(sum(t.steps) for t in timed) - (ctx + sum(layers) + argmax) * evaluations) / steps,
-        flash_bytes=runs[False, "flash"],
+        flash_bytes=runs[False, "flash"], uart=uart,
     )
 
 

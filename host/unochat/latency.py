@@ -48,8 +48,9 @@ class LatencyReport:
     step_cycles_max: int | None
     final_step_cycles_median: float | None  # the step that finds EOS (None if every reply hit max_reply)
     query_cycles_median: float  # query features, once per reply
-    char_cycles: float | None  # all cycles / characters: query features and final steps amortised
+    char_cycles: float | None  # all cycles / characters: query features, final steps, UART writes amortised
     layer_cycles: list[float]  # per network evaluation, per layer
+    uart_cycles: float = 0.0  # per character: writing it to the UART as a chat does (`!u`)
     mismatches: list[Mismatch] = field(default_factory=list)
     round_trips: int = 0
     flash_bytes: int | None = None
@@ -94,7 +95,8 @@ class LatencyReport:
                 f"median; min {self.step_cycles_min:,}, max {self.step_cycles_max:,}" if self.chars else ""),
             row("final step (finds EOS)", self.final_step_cycles_median, "median"),
             row("query features", self.query_cycles_median, "median, once per reply"),
-            row("per character, all in", self.char_cycles, "query features and final step amortised"),
+            row("per character, all in", self.char_cycles, "query features, final step, UART amortised"),
+            row("UART write (per character)", self.uart_cycles or None, "Serial.write, as a chat writes it"),
         ]
         for i, cycles in enumerate(self.layer_cycles):
             lines.append(row(f"layer {i} ({self.shape[i]}->{self.shape[i + 1]} {self.formats[i]})", cycles,
@@ -142,6 +144,14 @@ def steps_with_network(timed: TimedReply, max_reply: int) -> int:
     return len(timed.steps) - (timed.n >= max_reply)
 
 
+def uart_cycles_per_char(client: UnoClient, replies: list[str]) -> float:
+    """Cycles the firmware spends per character writing replies to the UART as a chat does (`!u`): `!t`
+    times the model alone. 0.0 if no reply has a character."""
+    texts = [r.strip() for r in replies if r.strip()]
+    chars = sum(len(t) for t in texts)
+    return sum(client.uart_cycles(t) for t in texts) / chars if chars else 0.0
+
+
 def measure_latency(
     client: UnoClient,
     model: IntModel,
@@ -157,6 +167,7 @@ def measure_latency(
     normalized = [normalize_query(q) for q in queries]
     expected = reference.generate(model, normalized)
     timed = [client.timed_reply(q) for q in normalized]
+    uart = uart_cycles_per_char(client, [t.reply for t in timed])
     least_free = client.memory()["least_free"]
 
     char_steps = [c for t in timed for c in t.steps[: t.n]]
@@ -176,7 +187,8 @@ def measure_latency(
         step_cycles_max=max(char_steps, default=None),
         final_step_cycles_median=statistics.median(final_steps) if final_steps else None,
         query_cycles_median=statistics.median(t.query_cycles for t in timed),
-        char_cycles=sum(t.total_cycles for t in timed) / chars if chars else None,
+        char_cycles=sum(t.total_cycles for t in timed) / chars + uart if chars else None,
+        uart_cycles=uart,
         layer_cycles=[sum(t.layer_cycles[i] for t in timed) / max(evaluations, 1) for i in range(len(model.layers))],
         mismatches=[Mismatch(q, t.reply, e) for q, t, e in zip(normalized, timed, expected) if t.reply != e],
         round_trips=client.round_trips - trips,
