@@ -213,7 +213,7 @@ def measure_density(model: IntModel, queries: list[str] | None = None, n_queries
 
 # ---- requantization --------------------------------------------------------------------------------
 def kernel_group(kernel: LayerKernel) -> int:
-    """Blocks per kernel call, as many as uk_sums holds (a 1-bit first layer's pair8 calls: pairs)."""
+    """Blocks per kernel call: as many as uk_sums holds."""
     return SUMS_BYTES // (kernel.sums * (4 if kernel.acc_bits == 24 else 2))
 
 
@@ -227,7 +227,8 @@ def requant_mode(model: IntModel, index: int, kernel: LayerKernel, step: bool = 
     """How the fast path requantizes a layer, as its bound allows: uk_rq<i> in assembly, straight from
     the kernel's sums, on d, the sum or a stand-in for it, times mult ("half": a 1-bit sum of at most 256
     u8 inputs, d = S - ceil(T / 2) in 16 bits and the product doubled, since 2S - T = 2 (S - ceil(T / 2))
-    + (T & 1); "acc16": every |acc| < 2^15; "wide": |acc| < 2^23, a 24 x 16-bit product), else "c"
+    + (T & 1); "acc16": every |acc| < 2^15, d the sum itself (1-bit: 2S - T); "wide": |acc| < 2^23, a
+    24 x 16-bit product), else "c"
     (libgcc's 32 x 16 multiply: i16 outputs, and layers of more than 256 inputs, whose 16-bit kernel
     sums the C adds up in 32 bits). `step`: the first layer while replying, whose sums are small."""
     layer = model.layers[index]
@@ -296,7 +297,6 @@ class Plan:
         if self.pair8:
             names.add("bits_pair8")
         return sorted(names)
-
 
     def unrolls(self) -> dict[str, int]:
         """Copies of each assembly loop's body: the plan's unroll, but COLD_UNROLL for the loops only
