@@ -185,11 +185,13 @@ def test_replies_bit_exact(board: Board) -> None:
 
 @on_device
 def test_uart_writes_are_timed(board: Board) -> None:
-    """`!u` echoes its text, a character at a time, with the cycles of those writes: a few dozen
+    """`!u` echoes its text, a character at a time, with the cycles of those writes: about a hundred
     a character (each into an empty transmit buffer), the same for every character."""
-    one = board.client.uart_cycles("A")
+    one = min(board.client.uart_cycles("A") for _ in range(3))
     many = board.client.uart_cycles("HELLO THERE!")
-    assert 0 < one < 400 and many == 12 * one
+    assert 0 < one < 400
+    # Timer1's overflow interrupt (every 65,536 cycles) may land in a write and add its own cycles
+    assert 12 * one <= many <= 12 * one + 100
     with pytest.raises(ValueError, match="printable ASCII"):
         board.client.uart_cycles(" edge ")
 

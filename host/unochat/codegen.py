@@ -36,7 +36,7 @@ requantization arithmetic (22 cycles instead of about 80). The last layer's uk_r
 argmax of the logits it makes.
 What must fit decides in this order: SRAM (the cache first, then list buffers where they save least),
 then flash (the loops a reply runs unrolled 16 times, else 8, else 4, those only unochat_logits runs
-COLD_UNROLL times; then without zero thresholds; then the C kernels for the largest layers), both
+COLD_UNROLL times; then the same without zero thresholds; then the C kernels for the largest layers), both
 estimated here (`sram_bytes`, `flash_bytes`) and checked on the real ELF by unochat.build.
 """
 from __future__ import annotations
@@ -414,10 +414,11 @@ def plan_layers(model: IntModel, density: list[float] | None = None) -> Plan:
         pair8 = cached and kernels[0].loop == "list" and requant_mode(model, 0, kernels[0], step=True) != "c"
         return Plan(kernels, cached, density, skip, pair8, unroll)
 
-    best = make_plan(kernels, skip, UNROLL)
-    for candidate in (best, replace(best, unroll=8), replace(best, unroll=4), replace(best, unroll=4, skip_zeros=[False] * n)):
-        if flash_bytes(model, candidate) <= FLASH_LIMIT:
-            return candidate
+    for skip_zeros in (skip, [False] * n):  # thresholds save more cycles than unrolling does
+        for unroll in (UNROLL, 8, 4):
+            candidate = make_plan(kernels, skip_zeros, unroll)
+            if flash_bytes(model, candidate) <= FLASH_LIMIT:
+                return candidate
     kernels, skip = list(kernels), [False] * n
     while any(k.loop != "c" for k in kernels):
         biggest = max((i for i, k in enumerate(kernels) if k.loop != "c"), key=lambda i: model.layers[i].weight.size)
