@@ -10,8 +10,9 @@ For every model (an integer .npz, a .pt checkpoint, or a pipeline directory stan
 - flash and static SRAM from avr-size of the real firmware, built in a throw-away copy of the PlatformIO
   project (the repo's build/ is left alone); fits = build.check_budget. The offline build links oversized
   images, so a model that does not fit still has measured sizes.
-- cycles and ms per generated character (query features and the EOS step included), from the firmware's
-  own Timer1 counts on the virtual UNO (or a real one), every reply checked against the reference.
+- cycles and ms per generated character (query features, the EOS step and the UART writes included),
+  from the firmware's own Timer1 counts on the virtual UNO (or a real one), every reply checked against
+  the reference.
   Only firmware that fits the UNO is run: the simulated ATmega328P has the UNO's 32 KB of flash (simavr
   refuses a bigger image), and a latency computed from a formula would not be a measurement. A model that
   does not fit has no latency; the row says why.

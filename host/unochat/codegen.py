@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -193,16 +193,17 @@ def candidate_kernels(model: IntModel, index: int) -> list[LayerKernel]:
     return [LayerKernel(layer.fmt, loop) for loop in loops]
 
 
-def measure_density(model: IntModel, queries: list[str] | None = None, n_queries: int = 20) -> list[float]:
+def measure_density(model: IntModel, queries: list[str] | None = None) -> list[float]:
     """Mean fraction of nonzero inputs of each layer over the replies to real queries, as the device
-    generates them: the model's training data when its meta names a file here, else data/default.txt.
+    generates them (BENCH_QUERIES of them unless given): the model's training data when its meta names a
+    file here, else data/default.txt.
     For the first layer it is the context half's (the query half is cached per reply)."""
     from . import reference
     from .features import input_vector
-    from .latency import bench_queries
+    from .latency import BENCH_QUERIES, bench_queries
 
     if queries is None:
-        queries = bench_queries(model, n_queries)[1]
+        queries = bench_queries(model, BENCH_QUERIES)[1]
     replies = reference.generate(model, queries)
     steps = [(q, r[:k]) for q, r in zip(queries, replies) for k in range(len(r) + 1)]
     x = np.stack([input_vector(q, g, model.features) for q, g in steps])
