@@ -1,18 +1,18 @@
 """Shared fixtures: random and extreme integer models, and the z80ai files from ../shared."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from unochat import reference
-from unochat.data import Pair, build_charset
-from unochat.features import FeatureSpec, input_vector
-from unochat.intmodel import ACT_MAX, FORMAT_RANGE, INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel
+from unochat.data.dataset import Pair, build_charset
+from unochat.data.features import FeatureSpec, input_vector
+from unochat.firmware.project import make_project, project_environ
+from unochat.model import formats, reference
+from unochat.model.intmodel import ACT_MAX, INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel
+from unochat.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "z80ai" / "tinychat"
 TINYCHAT_DATA = SHARED / "training-data.txt.gz"
 TINYCHAT_MODEL = SHARED / "model.npz"
@@ -21,25 +21,14 @@ CHARSET = " ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?.\x00"
 
 @pytest.fixture
 def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Reuse the repo's core dir (tool-scons is registered there), but register the temporary
-    # project's symlinked platform in a temporary platforms dir, so the repo's registration
-    # never points into a deleted temp dir.
-    monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
-    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
-
-
-def make_firmware_project(root: Path) -> Path:
-    """A throw-away copy of the PlatformIO project (the real sketch) to build any model in."""
-    project = root / "project"
-    shutil.copytree(REPO / "firmware" / "src", project / "firmware" / "src")
-    (project / "tools").symlink_to(REPO / "tools", target_is_directory=True)
-    (project / "platformio.ini").write_text((REPO / "platformio.ini").read_text())
-    return project
+    """PlatformIO's environment for a throw-away project under tmp_path (unochat.firmware.project)."""
+    for key, value in project_environ(tmp_path).items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
 def firmware_project(tmp_path: Path, pio_env: None) -> Path:
-    return make_firmware_project(tmp_path)
+    return make_project(tmp_path)
 
 
 def need_shared() -> None:
@@ -48,19 +37,19 @@ def need_shared() -> None:
 
 
 def _weights(rng: np.random.Generator, fmt: str, n_out: int, n_in: int, extreme: str | None) -> np.ndarray:
-    lo, hi = FORMAT_RANGE[fmt]
+    f = formats.get(fmt)
     if extreme == "max":
-        return np.full((n_out, n_in), hi, dtype=np.int8)
+        return np.full((n_out, n_in), f.hi, dtype=np.int8)
     if extreme == "min":
-        return np.full((n_out, n_in), lo, dtype=np.int8)
-    if fmt == "1bit":
-        return rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_out, n_in))
-    return rng.integers(lo, hi + 1, size=(n_out, n_in)).astype(np.int8)
+        return np.full((n_out, n_in), f.lo, dtype=np.int8)
+    if f.binary:
+        return rng.choice(f.levels.astype(np.int8), size=(n_out, n_in))
+    return rng.integers(f.lo, f.hi + 1, size=(n_out, n_in)).astype(np.int8)
 
 
 def random_model(
     seed: int,
-    formats: list[str],
+    layer_formats: list[str],
     hidden: list[int],
     act: str = "u8",
     extreme: str | None = None,
@@ -73,8 +62,8 @@ def random_model(
     rng = np.random.default_rng(seed)
     sizes = [features.n_inputs] + hidden + [len(CHARSET)]
     layers = []
-    for i, fmt in enumerate(formats):
-        last = i == len(formats) - 1
+    for i, fmt in enumerate(layer_formats):
+        last = i == len(layer_formats) - 1
         w = _weights(rng, fmt, sizes[i + 1], sizes[i], extreme)
         in_max = INPUT_MAX if i == 0 else ACT_MAX[act]
         bound = np.abs(w.astype(np.int64)).sum(axis=1) * in_max
@@ -104,7 +93,7 @@ def random_inputs(seed: int, n: int, n_inputs: int) -> np.ndarray:
 
 def chatty_model(
     seed: int,
-    formats: list[str],
+    layer_formats: list[str],
     hidden: list[int],
     pairs: list[Pair],
     act: str = "u8",
@@ -124,20 +113,18 @@ def chatty_model(
     h = np.stack([input_vector(q, c, features) for q, c in zip(queries, contexts)]).astype(np.int64)
     sizes = [features.n_inputs, *hidden, len(charset)]
     layers = []
-    for i, fmt in enumerate(formats):
-        lo, hi = FORMAT_RANGE[fmt]
-        levels = np.array([-1, 1]) if fmt == "1bit" else np.arange(lo, hi + 1)
-        weight = rng.choice(levels, size=(sizes[i + 1], sizes[i])).astype(np.int8)
+    for i, fmt in enumerate(layer_formats):
+        weight = rng.choice(formats.get(fmt).levels, size=(sizes[i + 1], sizes[i])).astype(np.int8)
         mult = rng.integers(1, 8, size=sizes[i + 1])
         z = (h @ weight.T.astype(np.int64)) * mult
         bias = -np.median(z, axis=0).astype(np.int64)
         z += bias
-        last = i == len(formats) - 1
+        last = i == len(layer_formats) - 1
         top = 1000 if last else ACT_MAX[act]
         shift = max(0, int(np.ceil(np.log2(max(np.percentile(np.abs(z), 99), 1) / top))))
         layers.append(IntLayer(fmt, weight, mult, bias, shift, None if last else act))
         h = z >> shift if last else np.clip(z >> shift, 0, top)
-    model = IntModel(layers, charset, features, name=f"chatty{seed}-{'-'.join(formats)}-{act}")
+    model = IntModel(layers, charset, features, name=f"chatty{seed}-{'-'.join(layer_formats)}-{act}")
     replies = reference.generate(model, queries)
     steps = np.stack([input_vector(q, r[:k], features) for q, r in zip(queries, replies) for k in range(len(r))])
     logits = reference.logits(model, steps)

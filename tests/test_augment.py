@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unochat.augment import (
+from unochat.data.augment import (
     KEYBOARD_NEIGHBOURS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions,
 )
-from unochat.data import MIN_QUERY, Pair, normalize_query
+from unochat.data.dataset import MIN_QUERY, Pair, normalize_query
 
 from conftest import TINYCHAT_DATA
 
@@ -108,7 +108,7 @@ def test_config_checks():
 def test_tinychat_substitutions_look_sensible():
     if not TINYCHAT_DATA.exists():
         pytest.skip("z80ai tinychat data not found")
-    from unochat.data import load_dataset, split_heldout
+    from unochat.data.dataset import load_dataset, split_heldout
 
     train, held = split_heldout(load_dataset(TINYCHAT_DATA).pairs, 0.1, seed=0)
     subs = learn_substitutions(train)
@@ -119,7 +119,8 @@ def test_tinychat_substitutions_look_sensible():
 
 
 def test_training_uses_variants_of_the_training_pairs_only(tmp_path):
-    from unochat.train import TrainConfig, load_training_data, training_pairs
+    from unochat.train.config import TrainConfig
+    from unochat.train.trainset import load_training_data, training_pairs
 
     data_file = tmp_path / "d.txt"
     data_file.write_text("".join(f"{p.query}|{p.response}\n" for p in PAIRS))

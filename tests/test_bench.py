@@ -1,4 +1,4 @@
-"""The benchmark (unochat.bench, `unochat bench`): which model is measured on which pairs, the output
+"""The benchmark (unochat.measure.bench, `unochat bench`): which model is measured on which pairs, the output
 formats, and (on the virtual UNO) sizes from the real firmware and latency only where it fits."""
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from unochat import bench, cli, reference
-from unochat import train as T
-from unochat.build import FLASH_LIMIT
-from unochat.data import load_dataset, split_heldout
-from unochat.intmodel import IntModel
-from unochat.metrics import evaluate
-from unochat.modelfile import DEFAULT_DATA, REPO
+from unochat import cli
+from unochat.boards import UNO
+from unochat.measure import bench
+from unochat.model import reference
+from unochat.train.config import TrainConfig
+from unochat.train.scratch import train
+from unochat.data.dataset import load_dataset, split_heldout
+from unochat.model.intmodel import IntModel
+from unochat.model.metrics import evaluate
+from unochat.paths import DEFAULT_DATA, REPO
 
 from conftest import chatty_model
 from test_device import DEFAULT_PAIRS, on_device
@@ -31,9 +34,9 @@ def models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     data = root / "chat.txt"
     write_dataset(data, n_pairs=60)
-    T.train(data, T.TrainConfig(**TINY), root / "full.pt", progress=False)
-    T.train(data, T.TrainConfig(**TINY, heldout=0.2), root / "heldout" / "full.pt", progress=False)
-    T.train(data, T.TrainConfig(**TINY, heldout=0.2, seed=1), root / "split.pt", progress=False)
+    train(data, TrainConfig(**TINY), root / "full.pt", progress=False)
+    train(data, TrainConfig(**TINY, heldout=0.2), root / "heldout" / "full.pt", progress=False)
+    train(data, TrainConfig(**TINY, heldout=0.2, seed=1), root / "split.pt", progress=False)
     (root / "pipeline.json").write_text(json.dumps({"variants": [{"model": "split.npz"}, {"model": "full.npz"}]}))
     return root
 
@@ -63,7 +66,7 @@ def test_quality_comes_from_the_right_model_and_pairs(models):
 def test_a_twin_of_other_data_is_not_used(models, tmp_path):
     other = tmp_path / "other.txt"
     write_dataset(other, n_pairs=60, seed=5)
-    T.train(other, T.TrainConfig(**TINY, heldout=0.2), tmp_path / "heldout" / "full.pt", progress=False)
+    train(other, TrainConfig(**TINY, heldout=0.2), tmp_path / "heldout" / "full.pt", progress=False)
     (tmp_path / "full.npz").write_bytes((models / "full.npz").read_bytes())
     (row,) = bench.bench([tmp_path / "full.npz"], build=False, log=lambda _: None)
     assert row.tf_heldout is None and row.heldout_model is None
@@ -113,7 +116,7 @@ def test_sizes_come_from_the_firmware_and_latency_only_where_it_fits(tmp_path, p
     small_row, big_row = bench.bench([tmp_path / "small.npz", tmp_path / "big.npz"], queries=4, examples=1)
     assert small_row.fits and small_row.mismatches == 0 and small_row.latency["queries"] == 4
     assert small_row.ms_per_char == pytest.approx(small_row.cycles_per_char / 16_000)
-    assert small_row.flash_bytes == small_row.latency["flash_bytes"] < FLASH_LIMIT
-    assert big_row.fits is False and big_row.flash_bytes > FLASH_LIMIT and big_row.sram_bytes > 0
+    assert small_row.flash_bytes == small_row.latency["flash_bytes"] < UNO.flash_limit
+    assert big_row.fits is False and big_row.flash_bytes > UNO.flash_limit and big_row.sram_bytes > 0
     assert "over by" in big_row.budget and big_row.latency is None and big_row.latency_note == bench.NOT_RUN
     assert big_row.cycles_per_char is None and big_row.ms_per_char is None

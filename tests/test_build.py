@@ -1,4 +1,4 @@
-"""unochat.build: avr-size parsing, the size budget, and real offline PlatformIO builds.
+"""unochat.firmware (size, pio, build): avr-size parsing, the size budget, and real offline PlatformIO builds.
 
 The `pio` tests build small sketches in a temporary project (the repo's platformio.ini plus a
 link to its tools/), so they test the offline platform independently of the model code. They
@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from unochat.build import (
-    FLASH_LIMIT,
-    SRAM_LIMIT,
-    BudgetError,
-    SizeReport,
-    build_firmware,
-    check_budget,
-    parse_avr_size,
-)
+from unochat import cli
+from unochat.boards import UNO
+from unochat.firmware.build import build_project
+from unochat.firmware.size import BudgetError, SizeReport, check_budget, parse_avr_size
+from unochat.paths import REPO
 
 from conftest import random_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 # `avr-size -A -d firmware.elf` of the Serial echo sketch below (avr-gcc 5.4, Debian core 1.8.7).
 AVR_SIZE_OUTPUT = """\
@@ -97,7 +91,7 @@ def test_parse_avr_size_rejects_other_output() -> None:
 
 
 def test_budget_fits() -> None:
-    check_budget(SizeReport(flash_bytes=FLASH_LIMIT, sram_bytes=SRAM_LIMIT - 320), stack_reserve=320)
+    check_budget(SizeReport(flash_bytes=UNO.flash_limit, sram_bytes=UNO.sram - 320), stack_reserve=320)
 
 
 def test_budget_flash_over() -> None:
@@ -156,7 +150,7 @@ def _project(tmp_path: Path, sketch: str, build_flags: str = "") -> Path:
 @pytest.mark.pio
 def test_build_echo_sketch_offline(tmp_path: Path, pio_env: None) -> None:
     project = _project(tmp_path, ECHO_SKETCH, build_flags="-DECHO_BAUD=115200")
-    report = build_firmware(project)
+    report = build_project(project)
 
     elf, hex_file = project / "build" / "firmware.elf", project / "build" / "firmware.hex"
     assert elf.is_file() and hex_file.is_file()
@@ -170,14 +164,14 @@ def test_build_echo_sketch_offline(tmp_path: Path, pio_env: None) -> None:
 def test_oversized_sketch_links_and_fails_budget(tmp_path: Path, pio_env: None) -> None:
     project = _project(tmp_path, OVERSIZED_SKETCH)
     with pytest.raises(BudgetError) as excinfo:
-        build_firmware(project)
+        build_project(project)
 
     report = excinfo.value.report
     assert report.flash_bytes > 40_000
     assert (project / "build" / "firmware.elf").is_file()  # linked, copied for inspection
     message = str(excinfo.value)
     assert f"firmware needs {report.flash_bytes:,} B of flash; the UNO has 32,256 B" in message
-    assert f"(over by {report.flash_bytes - FLASH_LIMIT:,} B)" in message
+    assert f"(over by {report.flash_bytes - UNO.flash_limit:,} B)" in message
     assert "unochat quantize --bits 1" in message
 
 
@@ -185,9 +179,7 @@ def test_oversized_sketch_links_and_fails_budget(tmp_path: Path, pio_env: None) 
 def test_build_refuses_an_uncompilable_layer_on_both_kernel_paths(
     kernels: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from unochat import cli
-
     model = random_model(0, ["int8", "int8"], [160])  # 256 x 160 int8: 40,960 B in one array
     model.save(tmp_path / "big.npz")
-    assert cli.main(["build", str(tmp_path / "big.npz"), "--kernels", kernels]) == 1
+    assert cli.main(["build", str(tmp_path / "big.npz"), "--kernel-path", kernels]) == 1
     assert "more than avr-gcc can compile" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import gzip
 
 import pytest
 
-from unochat.data import (EOS, MAX_QUERY, DatasetError, build_charset, load_dataset, normalize_query,
+from unochat.data.dataset import (EOS, MAX_QUERY, DatasetError, build_charset, load_dataset, normalize_query,
                           split_heldout)
 
 from conftest import TINYCHAT_DATA, need_shared
@@ -86,14 +86,14 @@ def test_long_query_is_cut_like_the_device():
 
 
 def test_charset_order_and_eos():
-    from unochat.data import Pair
+    from unochat.data.dataset import Pair
 
     pairs = [Pair("q1", "B A1!", 1), Pair("q2", "Z?9", 2)]
     assert build_charset(pairs) == " ABZ19!?" + EOS
 
 
 def test_split_is_seeded_and_disjoint():
-    from unochat.data import Pair
+    from unochat.data.dataset import Pair
 
     pairs = [Pair(f"q{i}", "R", i) for i in range(1000)]
     train, held = split_heldout(pairs, 0.1, seed=0)

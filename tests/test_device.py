@@ -10,7 +10,6 @@ Figures are printed (run with -s to see them).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import select
@@ -27,29 +26,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unochat import cli, reference
-from unochat.build import SRAM_LIMIT, STACK_RESERVE, SizeReport, build_model
-from unochat.codegen import model_id
-from unochat.data import MAX_QUERY, load_dataset, normalize_query
-from unochat.device import (
+from unochat import cli
+from unochat.boards import UNO
+from unochat.firmware.build import build_firmware
+from unochat.firmware.size import SizeReport
+from unochat.model import reference
+from unochat.data.dataset import MAX_QUERY, load_dataset, normalize_query
+from unochat.board.client import (
     CommandError,
     DeviceError,
     DeviceSilentError,
     GarbledReplyError,
     PortNotFoundError,
     UnoClient,
-    avrdude_command,
     connect,
-    flash,
     parse_timed,
 )
-from unochat.features import FeatureSpec
-from unochat.intmodel import IntModel
+from unochat.board.flash import avrdude_command, flash
+from unochat.data.features import FeatureSpec
+from unochat.model.intmodel import IntModel
 
-from conftest import (REPO, TINYCHAT_DATA, chatty_model, make_firmware_project, need_shared, random_inputs,
-                      random_model)
+from unochat.firmware.project import make_project, project_environ
+from unochat.paths import DEFAULT_DATA
 
-DEFAULT_PAIRS = load_dataset(REPO / "data" / "default.txt").pairs
+from conftest import TINYCHAT_DATA, chatty_model, need_shared, random_inputs, random_model
+
+DEFAULT_PAIRS = load_dataset(DEFAULT_DATA).pairs
 LONG_QUERIES = [
     "Tell me everything you know about the history of the Arduino UNO board and its chip",  # cut at 60
     "x" * MAX_QUERY,
@@ -85,22 +87,21 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntMod
     """Builds firmware for any model in one throw-away project shared by the whole module:
     (ELF, sizes), once per model id."""
     root = tmp_path_factory.mktemp("device")
-    project = make_firmware_project(root)
+    project = make_project(root)
     built: dict[str, tuple[Path, SizeReport]] = {}
 
     def build_one(model: IntModel) -> tuple[Path, SizeReport]:
-        key = model_id(model)
+        key = model.fingerprint()
         if key not in built:
-            with contextlib.redirect_stdout(io.StringIO()):  # PlatformIO's log, unless it fails
-                sizes = build_model(model, project)
+            sizes = build_firmware(model, project, quiet=True)
             elf = root / f"{key}.elf"
             shutil.copy(project / "build" / "firmware.elf", elf)
             built[key] = (elf, sizes)
         return built[key]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
-        mp.setenv("PLATFORMIO_PLATFORMS_DIR", str(root / "platforms"))
+        for key, value in project_environ(root).items():
+            mp.setenv(key, value)
         yield build_one
 
 
@@ -237,14 +238,14 @@ def test_stack_stays_clear_of_static_sram(big: Board) -> None:
     client.logits(np.full(model.shape[0], 255, dtype=np.uint8))
     client.info()
     end = client.memory()
-    stack = SRAM_LIMIT - big.sizes.sram_bytes - end["least_free"]
+    stack = UNO.sram - big.sizes.sram_bytes - end["least_free"]
     print(f"\n{model.describe()}: static SRAM {big.sizes.sram_bytes:,} B, flash {big.sizes.flash_bytes:,} B; "
           f"free {end['free']} B now, least free {start['least_free']} B after boot, {end['least_free']} B "
           f"after a {len(normalize_query(LONG_QUERIES[0]))}-char query, a {timed.n}-char reply and !x: "
-          f"the stack reached {stack} B (STACK_RESERVE {STACK_RESERVE})")
+          f"the stack reached {stack} B (UNO.stack_reserve {UNO.stack_reserve})")
     assert end["least_free"] <= start["least_free"] and end["free"] > end["least_free"]
     assert end["least_free"] >= 64
-    assert stack + 64 <= STACK_RESERVE  # the budget check's reserve covers what was measured, with room
+    assert stack + 64 <= UNO.stack_reserve  # the budget check's reserve covers what was measured, with room
 
 
 @on_device
@@ -398,12 +399,12 @@ def test_fuzz_then_normal_answers(tiny: Board) -> None:
     client.sync()
     queries = [p.query for p in DEFAULT_PAIRS[::300]]
     assert [client.reply(q) for q in queries] == reference.generate(tiny.model, queries)
-    assert client.info()["id"] == model_id(tiny.model)
+    assert client.info()["id"] == tiny.model.fingerprint()
     least_free = client.memory()["least_free"]
     total = sum(map(len, careful + floods))
     print(f"\nfuzz: {total:,} bytes: {len(careful)} chunks (5,000 B) each followed by a sync, {len(floods)} floods "
           f"(15,000 B); {time.perf_counter() - start:.1f} s; then {len(queries)} replies right; least free SRAM "
-          f"{least_free} B, the stack reached {SRAM_LIMIT - tiny.sizes.sram_bytes - least_free} B")
+          f"{least_free} B, the stack reached {UNO.sram - tiny.sizes.sram_bytes - least_free} B")
     assert total == 20_000 and least_free >= 64
 
 
@@ -419,7 +420,7 @@ def test_chat_demo_scripted(tiny: Board) -> None:
                    stderr=subprocess.PIPE)
     out, err = proc.communicate("\n".join(queries) + "\n", timeout=60)  # then end of input: Ctrl-D
     assert proc.returncode == 0, err
-    assert f"id {model_id(tiny.model)}" in out and "lines starting with '!' are device commands" in out
+    assert f"id {tiny.model.fingerprint()}" in out and "lines starting with '!' are device commands" in out
     sent = [normalize_query(q) for q in queries if normalize_query(q) and not q.startswith("!")]
     replies = re.findall(r"^(?:you> )*uno> (.*)$", out, re.MULTILINE)
     assert replies == reference.generate(tiny.model, sent)
@@ -457,7 +458,7 @@ def test_sim_command_serves_a_link(tiny: Board, tmp_path: Path) -> None:
         while not link.is_symlink() and time.monotonic() < deadline:
             time.sleep(0.05)
         with connect(port=str(link)) as client:
-            assert client.info()["id"] == model_id(tiny.model)
+            assert client.info()["id"] == tiny.model.fingerprint()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=15)

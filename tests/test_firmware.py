@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from unochat.build import FLASH_LIMIT, SRAM_LIMIT, STACK_RESERVE, BudgetError, build_model
-from unochat.modelfile import DEFAULT_MODEL, load_model
-from unochat.z80ai import load_z80ai
+from unochat.boards import UNO
+from unochat.firmware.build import build_firmware
+from unochat.firmware.size import BudgetError
+from unochat.model.files import load_int_model
+from unochat.paths import DEFAULT_MODEL
+from unochat.model.z80ai import load_z80ai
 
 from conftest import TINYCHAT_MODEL, need_shared
 
@@ -13,22 +16,22 @@ pytestmark = pytest.mark.pio
 
 
 def test_default_model_firmware_fits(firmware_project):
-    report = build_model(load_model(DEFAULT_MODEL), firmware_project)
+    report = build_firmware(load_int_model(DEFAULT_MODEL), firmware_project)
     assert (firmware_project / "build" / "firmware.hex").is_file()
-    assert report.flash_bytes <= FLASH_LIMIT
-    assert SRAM_LIMIT - report.sram_bytes >= STACK_RESERVE
+    assert report.flash_bytes <= UNO.flash_limit
+    assert UNO.sram - report.sram_bytes >= UNO.stack_reserve
 
 
 def test_z80ai_model_is_refused_with_the_budget_message(firmware_project):
     need_shared()
     model = load_z80ai(TINYCHAT_MODEL)
     with pytest.raises(BudgetError) as excinfo:
-        build_model(model, firmware_project)
+        build_firmware(model, firmware_project)
     report = excinfo.value.report
-    assert report.flash_bytes > FLASH_LIMIT
+    assert report.flash_bytes > UNO.flash_limit
     message = str(excinfo.value)
     assert f"firmware needs {report.flash_bytes:,} B of flash; the UNO has 32,256 B" in message
-    assert f"(over by {report.flash_bytes - FLASH_LIMIT:,} B)" in message
+    assert f"(over by {report.flash_bytes - UNO.flash_limit:,} B)" in message
     assert "unochat quantize --bits 1" in message and "unochat prune --ratio 0.5" in message
 
 
@@ -37,7 +40,7 @@ def test_layer_too_big_to_compile_is_refused_before_compiling(firmware_project):
 
     model = random_model(0, ["int8"] * 4, [256, 192, 128])  # 256x256 int8 = 65,536 B in one table
     with pytest.raises(BudgetError) as excinfo:
-        build_model(model, firmware_project)
+        build_firmware(model, firmware_project)
     message = str(excinfo.value)
     assert "the model's packed weights alone need 144,512 B of flash" in message
     assert "over by 112,256 B before any code" in message

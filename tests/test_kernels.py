@@ -7,8 +7,6 @@ replies; the C path likewise; `unochat bench --kernels`' measurement on one shap
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -17,97 +15,113 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unochat import cli, codegen, kernelbench, reference
-from unochat.build import FLASH_LIMIT, BudgetError, SizeReport, build_firmware
-from unochat.codegen import LayerKernel, Plan
-from unochat.data import normalize_query
-from unochat.device import connect
-from unochat.features import FeatureSpec
-from unochat.intmodel import ACT_MAX, IntLayer, IntModel
+from unochat import cli
+from unochat.board.client import connect
+from unochat.boards import UNO
+from unochat.codegen.kernels import (LayerKernel, candidate_kernels, int8_acc_bits, requant_mode,
+                                     zero_thresholds)
+from unochat.codegen.layout import UNROLL, Plan
+from unochat.codegen.plan import flash_bytes, plan_layers, sram_bytes
+from unochat.codegen.render import render
+from unochat.data.dataset import normalize_query
+from unochat.data.features import FeatureSpec
+from unochat.firmware.build import build_firmware
+from unochat.firmware.project import make_project, project_environ
+from unochat.firmware.size import BudgetError, SizeReport
+from unochat.measure import kernels as kernel_bench
+from unochat.model import formats, reference
+from unochat.model.density import default_density, measure_density
+from unochat.model.intmodel import ACT_MAX, IntLayer, IntModel
 
-from conftest import REPO, chatty_model, make_firmware_project, random_inputs, random_model
+from conftest import chatty_model, random_inputs, random_model
 from test_device import DEFAULT_PAIRS, on_device
 
 
 # ---- the plan ------------------------------------------------------------------------------------------
 def test_list_for_sparse_inputs_dense_for_dense() -> None:
     model = random_model(0, ["1bit"] * 3, [128, 64])
-    sparse = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    sparse = plan_layers(model, [0.15, 0.3, 0.3])
     assert [k.loop for k in sparse.kernels] == ["list", "list", "list"]
     assert sparse.cache and sparse.pair8 and sparse.skip_zeros == [True, True, False]
-    dense = codegen.plan_layers(model, [0.15, 1.0, 1.0])
+    dense = plan_layers(model, [0.15, 1.0, 1.0])
     assert [k.loop for k in dense.kernels] == ["list", "dense", "dense"]
     assert dense.skip_zeros == [False, False, False]  # every output nonzero: no thresholds
 
 
 def test_int8_takes_the_narrowest_exact_sum() -> None:
     model = random_model(0, ["int8"] * 3, [32, 16])
-    assert [k.acc_bits for k in codegen.plan_layers(model, [0.1, 0.5, 0.5]).kernels] == [24, 24, 24]
+    assert [k.acc_bits for k in plan_layers(model, [0.1, 0.5, 0.5]).kernels] == [24, 24, 24]
     small = model.layers[1]
     small.weight[:] = np.clip(small.weight, -1, 1)
     small.weight[:, 128:] = 0
     small.mult[:] = 1
-    assert codegen.int8_acc_bits(model, 1) == 16  # 32 inputs, |w| <= 1: |acc| <= 32 * 255
+    assert int8_acc_bits(model, 1) == 16  # 32 inputs, |w| <= 1: |acc| <= 32 * 255
 
 
 def test_i16_layers_keep_the_c_kernels() -> None:
     model = random_model(0, ["2bit", "1bit", "int8"], [32, 16], act="i16")
-    plan = codegen.plan_layers(model, [0.1, 0.5, 0.5])
+    plan = plan_layers(model, [0.1, 0.5, 0.5])
     assert [k.loop for k in plan.kernels][1:] == ["c", "c"] and plan.kernels[0].loop != "c"
-    assert codegen.requant_mode(model, 0, plan.kernels[0]) == "c"  # i16 outputs: C requantization
+    assert requant_mode(model, 0, plan.kernels[0]) == "c"  # i16 outputs: C requantization
 
 
-def test_sram_gives_up_lists_before_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sram_gives_up_lists_before_the_cache() -> None:
     model = random_model(1, ["1bit"] * 3, [128, 64])
     density = [0.15, 0.3, 0.3]
-    full = codegen.plan_layers(model, density)
+    full = plan_layers(model, density)
     assert full.cache and [k.loop for k in full.kernels] == ["list"] * 3
-    need = codegen.sram_bytes(model, full.kernels, True)
-    monkeypatch.setattr(codegen, "SRAM_BUDGET", need - 1)
+    need = sram_bytes(model, full.kernels, True)
+    board = replace(UNO, sram=need - 1 + UNO.stack_reserve)
     # the first layer's 130-byte list goes; the last layer's 66-byte one still fits
-    fewer = codegen.plan_layers(model, density)
+    fewer = plan_layers(model, density, board)
     assert fewer.cache and [k.loop for k in fewer.kernels] == ["skip", "skip", "list"]
     no_lists = [k if k.loop != "list" else LayerKernel(k.fmt, "skip") for k in fewer.kernels]
-    monkeypatch.setattr(codegen, "SRAM_BUDGET", codegen.sram_bytes(model, no_lists, True) - 1)
-    tight = codegen.plan_layers(model, density)
-    assert not tight.cache and codegen.sram_bytes(model, tight.kernels, False) <= codegen.SRAM_BUDGET
+    board = replace(UNO, sram=sram_bytes(model, no_lists, True) - 1 + UNO.stack_reserve)
+    tight = plan_layers(model, density, board)
+    assert not tight.cache and sram_bytes(model, tight.kernels, False) <= board.sram - board.stack_reserve
 
 
 def test_wide_model_fits_only_with_the_c_kernels() -> None:
     # 256-384-192-41, 1-bit: 26 KB of tables leave too little flash for the fast path's code
     model = random_model(1, ["1bit"] * 3, [384, 192])
-    plan = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    plan = plan_layers(model, [0.15, 0.3, 0.3])
     assert [k.loop for k in plan.kernels] == ["c", "c", "c"]
-    assert codegen.flash_bytes(model, plan) <= FLASH_LIMIT
+    assert flash_bytes(model, plan) <= UNO.flash_limit
 
 
 def test_flash_falls_back_to_smaller_kernels() -> None:
     model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [240, 128, 96])
     density = [0.15, 0.3, 0.3, 0.3]
-    plan = codegen.plan_layers(model, density)
-    assert codegen.flash_bytes(model, plan) <= FLASH_LIMIT
+    plan = plan_layers(model, density)
+    assert flash_bytes(model, plan) <= UNO.flash_limit
     assert [k.loop for k in plan.kernels] == ["list"] * 4 and plan.cache and plan.pair8
     # with zero thresholds not even 4 copies fit; without them, 8 do and 16 do not
     with_thresholds = replace(plan, unroll=4, skip_zeros=[True, True, True, False])
-    assert codegen.flash_bytes(model, with_thresholds) > FLASH_LIMIT
+    assert flash_bytes(model, with_thresholds) > UNO.flash_limit
     assert plan.unroll == 8 and not any(plan.skip_zeros)
-    assert codegen.flash_bytes(model, replace(plan, unroll=16)) > FLASH_LIMIT
+    assert flash_bytes(model, replace(plan, unroll=16)) > UNO.flash_limit
 
 
-def test_density_is_measured_when_not_given() -> None:
+def test_density_from_the_model_else_a_stated_default() -> None:
+    """Planning never runs inference: the density is the model's (measured when it was made), else a
+    default the plan says it used."""
     model = chatty_model(1, ["1bit"] * 3, [64, 32], DEFAULT_PAIRS)
-    density = codegen.measure_density(model, [p.query for p in DEFAULT_PAIRS[::400]])
+    density = measure_density(model, [p.query for p in DEFAULT_PAIRS[::400]])
     assert len(density) == 3 and 0 < density[0] <= 21 / 128 and all(0 < d < 1 for d in density[1:])
+    plan = plan_layers(model)
+    assert plan.density == default_density(model) == [21 / 128, 0.5, 0.5]
+    assert "records no input density" in plan.density_note and "unochat density" in plan.density_note
     model.meta["density"] = [0.1, 1.0, 1.0]
-    assert [k.loop for k in codegen.plan_layers(model).kernels] == ["list", "dense", "dense"]
+    plan = plan_layers(model)
+    assert [k.loop for k in plan.kernels] == ["list", "dense", "dense"] and plan.density_note is None
 
 
 # ---- layout and arithmetic -------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["1bit", "2bit", "int8"])
 def test_block_layout(fmt: str) -> None:
     layer = random_model(3, [fmt, fmt], [13]).layers[0]  # 13 outputs: a padded last block
-    kernel = codegen.candidate_kernels(IntModel([layer], " \x00"), 0)[0]
-    packed = codegen.pack_blocks(layer, kernel).reshape(-1, layer.n_in, kernel.input_bytes)
+    kernel = candidate_kernels(IntModel([layer], " \x00"), 0)[0]
+    packed = formats.get(layer.fmt).pack_blocks(layer.weight, kernel.block).reshape(-1, layer.n_in, kernel.input_bytes)
     w = layer.weight.astype(np.int64)
     for i in range(layer.n_out):
         b, k = divmod(i, kernel.block)
@@ -129,7 +143,7 @@ def test_zero_thresholds_are_exact_and_safe(mode: str) -> None:
     n = 400
     mult = rng.integers(-2000, 2000, size=n)
     layer = IntLayer("1bit", np.ones((n, 1), np.int8), mult, rng.integers(-(2**24), 2**24, size=n), 12, "u8")
-    theta = codegen.zero_thresholds(layer, mode)
+    theta = zero_thresholds(layer, mode)
     limit = 2 ** (23 if mode == "wide" else 15)
 
     def out(d: np.ndarray, p: int) -> np.ndarray:
@@ -146,20 +160,20 @@ def test_zero_thresholds_are_exact_and_safe(mode: str) -> None:
 
 def test_c_path_export_removes_the_fast_kernels(tmp_path: Path) -> None:
     model = random_model(0, ["1bit", "1bit"], [16])
-    names = {p.name for p in codegen.render(model, tmp_path, density=[0.1, 0.5])}
+    names = {p.name for p in render(model, tmp_path, density=[0.1, 0.5])}
     assert names == {"unochat_model.h", "unochat_model.c", "unochat_kernels.S"}
-    assert {p.name for p in codegen.render(model, tmp_path, kernels="c")} == {"unochat_model.h", "unochat_model.c"}
+    assert {p.name for p in render(model, tmp_path, kernels="c")} == {"unochat_model.h", "unochat_model.c"}
     assert not (tmp_path / "unochat_kernels.S").exists()
     with pytest.raises(ValueError, match="kernels must be one of fast, c"):
-        codegen.render(model, tmp_path, kernels="asm")
+        render(model, tmp_path, kernels="asm")
 
 
-def test_export_kernels_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_kernel_path_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = random_model(0, ["1bit", "1bit"], [16])
     model.meta["density"] = [0.1, 0.5]
     path = tmp_path / "m.npz"
     model.save(path)
-    assert cli.main(["export", str(path), "--out-dir", str(tmp_path / "c"), "--kernels", "c"]) == 0
+    assert cli.main(["export", str(path), "--out-dir", str(tmp_path / "c"), "--kernel-path", "c"]) == 0
     assert "Kernels: c:" in (tmp_path / "c" / "unochat_model.c").read_text()
     assert cli.main(["export", str(path), "--out-dir", str(tmp_path / "fast")]) == 0
     assert (tmp_path / "fast" / "unochat_kernels.S").is_file()
@@ -168,7 +182,7 @@ def test_export_kernels_option(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 # ---- on the virtual UNO --------------------------------------------------------------------------------
 def _plan(*kernels: LayerKernel, cache: bool = True, skip: list[bool] | None = None, pair8: bool = False,
-          unroll: int = codegen.UNROLL) -> Plan:
+          unroll: int = UNROLL) -> Plan:
     return Plan(list(kernels), cache, [], skip, pair8, unroll)
 
 
@@ -209,19 +223,19 @@ DEVICE_CASES = {
 @pytest.fixture(scope="module")
 def build_plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntModel, object], tuple[Path, SizeReport]]]:
     root = tmp_path_factory.mktemp("kernels")
-    project = make_firmware_project(root)
+    project = make_project(root)
 
     def build(model: IntModel, plan: object) -> tuple[Path, SizeReport]:
-        kernels = "c" if plan == "c" else "fast"
-        codegen.render(model, project / "firmware" / "generated", kernels=kernels,
-                       plan=None if plan == "c" else plan, density=[0.15, 0.4, 0.4, 0.4][:len(model.layers)])
-        with contextlib.redirect_stdout(io.StringIO()):
-            sizes = build_firmware(project)
+        if plan == "c":
+            sizes = build_firmware(model, project, kernels="c", quiet=True)
+        else:
+            plan = plan or plan_layers(model, [0.15, 0.4, 0.4, 0.4][:len(model.layers)])
+            sizes = build_firmware(model, project, plan=plan, quiet=True)
         return project / "build" / "firmware.elf", sizes
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
-        mp.setenv("PLATFORMIO_PLATFORMS_DIR", str(root / "platforms"))
+        for key, value in project_environ(root).items():
+            mp.setenv(key, value)
         yield build
 
 
@@ -243,7 +257,7 @@ def test_kernels_bit_exact_on_device(build_plan: Callable, name: str) -> None:
     plan = DEVICE_CASES[name][3]
     if isinstance(plan, Plan):
         # the int8 case's middle layer: the narrowest exact sum, as the generator would pick it
-        kernels = [LayerKernel(k.fmt, k.loop, codegen.int8_acc_bits(model, i)) if k.fmt == "int8" else k
+        kernels = [LayerKernel(k.fmt, k.loop, int8_acc_bits(model, i)) if k.fmt == "int8" else k
                    for i, k in enumerate(plan.kernels)]
         plan = Plan(kernels, plan.cache, [], plan.skip_zeros, plan.pair8, plan.unroll)
     elf, sizes = build_plan(model, plan)
@@ -287,13 +301,13 @@ def test_flash_fallback_holds_on_the_real_elf(build_plan: Callable) -> None:
     estimate said; the generator's own plan (the C kernels) fits and is bit-exact."""
     model = random_model(1, ["1bit"] * 3, [384, 192])
     smallest = _plan(*[LayerKernel("1bit", dense_)] * 3, cache=False, unroll=4)
-    assert codegen.flash_bytes(model, smallest) > FLASH_LIMIT
+    assert flash_bytes(model, smallest) > UNO.flash_limit
     with pytest.raises(BudgetError) as over:
         build_plan(model, smallest)
-    assert over.value.report.flash_bytes > FLASH_LIMIT
-    plan = codegen.plan_layers(model, [0.15, 0.3, 0.3])
+    assert over.value.report.flash_bytes > UNO.flash_limit
+    plan = plan_layers(model, [0.15, 0.3, 0.3])
     elf, sizes = build_plan(model, plan)
-    assert sizes.flash_bytes <= codegen.flash_bytes(model, plan) <= FLASH_LIMIT  # the estimate errs on the safe side
+    assert sizes.flash_bytes <= flash_bytes(model, plan) <= UNO.flash_limit  # the estimate errs on the safe side
     x = random_inputs(10, 2, model.shape[0])
     with connect(sim=elf) as client:
         for xi in x:
@@ -301,14 +315,12 @@ def test_flash_fallback_holds_on_the_real_elf(build_plan: Callable) -> None:
 
 
 @on_device
-def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PLATFORMIO_CORE_DIR", str(REPO / ".pio-core"))
-    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", str(tmp_path / "platforms"))
-    report = kernelbench.KernelReport()
-    report.kernels = kernelbench.measure_layer(kernelbench.Builder(make_firmware_project(tmp_path)), "1bit", 64, 40)
+def test_kernel_bench_measures_and_writes_json(tmp_path: Path, pio_env: None) -> None:
+    report = kernel_bench.KernelReport()
+    report.kernels = kernel_bench.measure_layer(make_project(tmp_path), "1bit", 64, 40)
     report.fill_loop_costs()
     out = tmp_path / "kernels.json"
-    kernelbench.write_json(report, out)
+    kernel_bench.write_json(report, out)
     rows = {row["kernel"]: row for row in json.loads(out.read_text())}
     assert set(rows) == {"c", "dense", "skip", "list"}
     for row in rows.values():
@@ -321,11 +333,11 @@ def test_kernel_bench_measures_and_writes_json(tmp_path: Path, monkeypatch: pyte
 
 @on_device
 def test_character_breakdown_both_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`unochat bench --kernels MODEL`: a generated character's parts, fast and C path, replies checked."""
+    """`unochat bench --parts MODEL`: a generated character's parts, fast and C path, replies checked."""
     model = chatty_model(1, ["1bit"] * 3, [64, 32], DEFAULT_PAIRS)
     path, out = tmp_path / "m.npz", tmp_path / "breakdown.json"
     model.save(path)
-    assert cli.main(["bench", "--kernels", str(path), "--queries", "3", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--parts", str(path), "--queries", "3", "--json", str(out)]) == 0
     fast, c = json.loads(out.read_text())
     assert (fast["path"], c["path"]) == ("fast", "c") and fast["chars"] == c["chars"] > 0
     assert fast["mismatches"] == c["mismatches"] == 0

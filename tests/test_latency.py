@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from unochat import cli, reference
-from unochat.build import SRAM_LIMIT, build_model
-from unochat.codegen import model_id
-from unochat.data import normalize_query
-from unochat.device import DeviceError, TimedReply
-from unochat.features import FeatureSpec
-from unochat.latency import bench_queries, check_model, measure_latency
-from unochat.modelfile import DEFAULT_DATA, DEFAULT_MODEL, load_model
+from unochat import cli
+from unochat.boards import UNO
+from unochat.firmware.build import build_firmware
+from unochat.model import reference
+from unochat.data.dataset import normalize_query
+from unochat.board.client import DeviceError, TimedReply
+from unochat.data.features import FeatureSpec
+from unochat.measure.latency import bench_queries, check_model, measure_latency
+from unochat.model.files import load_int_model
+from unochat.paths import DEFAULT_DATA, DEFAULT_MODEL
 
 from conftest import TINYCHAT_DATA, random_model
 from conftest import chatty_model
@@ -28,7 +30,7 @@ class ScriptedBoard:
 
     def __init__(self, model, replies: dict[str, TimedReply], board_id: str | None = None) -> None:
         self.model, self.replies, self.round_trips = model, replies, 0
-        self.board_id = board_id or model_id(model)
+        self.board_id = board_id or model.fingerprint()
 
     def info(self) -> dict[str, str]:
         self.round_trips += 1
@@ -81,7 +83,7 @@ def test_measure_latency_arithmetic() -> None:
 
 def test_check_model_refuses_another_model() -> None:
     model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
-    with pytest.raises(DeviceError, match=f"runs model 'on the board' \\(id 0badc0de\\), not .*id {model_id(model)}"):
+    with pytest.raises(DeviceError, match=f"runs model 'on the board' \\(id 0badc0de\\), not .*id {model.fingerprint()}"):
         check_model(ScriptedBoard(model, {}, board_id="0badc0de"), model)
 
 
@@ -104,7 +106,7 @@ def test_bench_on_the_virtual_uno(firmware_project: Path, tmp_path: Path, capsys
     model.meta = {"dataset": {"path": str(DEFAULT_DATA)}}
     model_file = tmp_path / "bench.npz"
     model.save(model_file)
-    sizes = build_model(model, firmware_project)
+    sizes = build_firmware(model, firmware_project)
     capsys.readouterr()
     out = tmp_path / "bench.json"
     elf = firmware_project / "build" / "firmware.elf"
@@ -115,8 +117,8 @@ def test_bench_on_the_virtual_uno(firmware_project: Path, tmp_path: Path, capsys
     assert row["flash_bytes"] == sizes.flash_bytes and row["sram_bytes"] == sizes.sram_bytes and row["fits"]
     report = row["latency"]
     assert report["mismatches"] == [] and report["queries"] == 12 and report["chars"] > 0
-    assert report["model_id"] == model_id(model)
-    assert report["stack_bytes"] == SRAM_LIMIT - sizes.sram_bytes - report["least_free"] > 0
+    assert report["model_id"] == model.fingerprint()
+    assert report["stack_bytes"] == UNO.sram - sizes.sram_bytes - report["least_free"] > 0
     assert report["step_ms_median"] == pytest.approx(report["step_cycles_median"] / 16_000)
     assert row["cycles_per_char"] == report["char_cycles"] and row["ms_per_char"] == pytest.approx(report["char_ms"])
     # the layers are a part of a step, each of them a real share of it
@@ -130,7 +132,7 @@ def test_bench_on_the_virtual_uno(firmware_project: Path, tmp_path: Path, capsys
 def test_bench_default_model(firmware_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not DEFAULT_MODEL.exists():
         pytest.skip(f"{DEFAULT_MODEL} not trained yet (`make model`)")
-    build_model(load_model(DEFAULT_MODEL), firmware_project)
+    build_firmware(load_int_model(DEFAULT_MODEL), firmware_project)
     capsys.readouterr()
     elf = firmware_project / "build" / "firmware.elf"
     assert cli.main(["bench", str(DEFAULT_MODEL), "--sim", str(elf), "--queries", "3"]) == 0  # 0: no mismatch

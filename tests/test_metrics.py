@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from unochat import metrics
-from unochat.data import Pair
-from unochat.features import FeatureSpec, context_features
-from unochat.intmodel import IntLayer, IntModel
+from unochat.model import metrics
+from unochat.data.dataset import Pair
+from unochat.data.features import FeatureSpec, context_features
+from unochat.model.intmodel import IntLayer, IntModel
 
 CHARSET = " AB\x00"  # space, A, B, EOS
 SPEC = FeatureSpec()

@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from unochat import cli, pipeline, reference
-from unochat.bench import BenchRow
-from unochat.data import Pair, load_dataset
-from unochat.features import FeatureSpec, teacher_forced_examples
-from unochat.intmodel import IntModel
-from unochat.metrics import exact_match
-from unochat.pipeline import FineTune, PairFocus, Recipe
-from unochat.train import FitResult, TrainConfig, integer_accuracy, load_checkpoint, train
+from unochat import cli
+from unochat.model import reference
+from unochat.train import finetune, pipeline
+from unochat.measure import bench
+from unochat.measure.bench import BenchRow
+from unochat.data.dataset import Pair, load_dataset
+from unochat.data.features import FeatureSpec, teacher_forced_examples
+from unochat.model.intmodel import IntModel
+from unochat.model.metrics import exact_match
+from unochat.train.checkpoint import load_checkpoint
+from unochat.train.config import FineTune, PairFocus, Recipe, TrainConfig
+from unochat.train.fit import FitResult, integer_accuracy
+from unochat.train.scratch import train
 
 from conftest import chatty_model, random_model
 from test_device import DEFAULT_PAIRS
@@ -65,10 +70,10 @@ def test_pair_focus_weighs_pairs_by_their_whole_reply_probability():
     pairs_of = np.array([0, 0, 1, 2, 2])
     p_whole = np.array([0.5 * 0.5, 1 / 3, 0.5 * 0.1])  # softmax of log-probabilities: the probabilities
     focus = PairFocus(beta=0.5, floor=0.2)
-    got = focus.weights(x, y, pairs_of)(FixedLogits()).numpy()
+    got = finetune.focus_weights(focus, x, y, pairs_of)(FixedLogits()).numpy()
     want = 0.2 + 0.8 * p_whole**0.5 / np.mean(p_whole**0.5)
     np.testing.assert_allclose(got, want[pairs_of], rtol=1e-5)
-    assert np.allclose(PairFocus(beta=0.0).weights(x, y, pairs_of)(FixedLogits()).numpy(), 1.0)
+    assert np.allclose(finetune.focus_weights(PairFocus(beta=0.0), x, y, pairs_of)(FixedLogits()).numpy(), 1.0)
 
 
 def test_whole_pairs_right_is_the_exact_match():
@@ -89,36 +94,36 @@ def test_whole_pairs_right_is_the_exact_match():
 
     pairs = [Pair(q, response(i, r), 0) for i, (q, r) in enumerate(usable)]
     x, y = teacher_forced_examples(pairs, model.charset, SPEC)
-    em = pipeline.whole_pairs_right(model, x, y, pipeline.pair_index(pairs))
+    em = finetune.whole_pairs_right(model, x, y, finetune.pair_index(pairs))
     assert em == exact_match(model, pairs) == 0.5
 
 
-def fit_result(best_epoch: int, best_tf: float, epochs: int) -> FitResult:
-    history = [{"epoch": e, "loss": 1.0, "tf": best_tf if e == best_epoch else 0.0} for e in range(1, epochs + 1)]
-    return FitResult(best_epoch, best_tf, epochs, False, 1.0, history)
+def fit_result(best_epoch: int, best_score: float, epochs: int) -> FitResult:
+    history = [{"epoch": e, "loss": 1.0, "tf": best_score if e == best_epoch else 0.0} for e in range(1, epochs + 1)]
+    return FitResult(best_epoch, best_score, epochs, False, 1.0, history)
 
 
 def test_merged_cycles_number_epochs_on_and_keep_the_best():
     first = fit_result(3, 0.8, 4)
-    better = pipeline.merge_cycles(first, fit_result(2, 0.9, 5))
-    assert (better.best_epoch, better.best_tf, better.epochs_run, better.seconds) == (6, 0.9, 9, 2.0)
+    better = finetune.merge_cycles(first, fit_result(2, 0.9, 5))
+    assert (better.best_epoch, better.best_score, better.epochs_run, better.seconds) == (6, 0.9, 9, 2.0)
     assert [h["epoch"] for h in better.history] == list(range(1, 10))
-    worse = pipeline.merge_cycles(first, fit_result(1, 0.7, 5))
-    assert (worse.best_epoch, worse.best_tf) == (3, 0.8)
+    worse = finetune.merge_cycles(first, fit_result(1, 0.7, 5))
+    assert (worse.best_epoch, worse.best_score) == (3, 0.8)
 
 
 def test_warm_restarts_leave_the_best_state_of_all_cycles(data_path, tmp_path):
     config = TrainConfig(hidden=[24, 16], formats=["2bit"] * 3, epochs=2, batch_size=64, eval_every=1)
     train(data_path, config, tmp_path / "base.pt", progress=False)
     tune = FineTune(epochs=2, eval_every=1, batch_size=64, restarts=2, restart_epochs=2, restart_lr=1e-2)
-    result = pipeline.quantize_checkpoint(tmp_path / "base.pt", tmp_path / "bin.pt", ["1bit"], tune, progress=False)
+    result = finetune.quantize_checkpoint(tmp_path / "base.pt", tmp_path / "bin.pt", ["1bit"], tune, progress=False)
     scores = [h["tf"] for h in result.fit.history]
     # 2 epochs, then 2 per restart; a restart that finds nothing better ends them (the next would repeat it)
     epochs = [h["epoch"] for h in result.fit.history]
     assert epochs in ([1, 2, 3, 4], [1, 2, 3, 4, 5, 6])
     first_restart_improved = max(scores[2:4]) > max(scores[:2])
     assert first_restart_improved == (len(epochs) == 6)
-    assert result.fit.best_tf == max(scores) and scores[result.fit.best_epoch - 1] == max(scores)
+    assert result.fit.best_score == max(scores) and scores[result.fit.best_epoch - 1] == max(scores)
     ck = load_checkpoint(tmp_path / "bin.pt")
     pairs = load_dataset(data_path, charset=ck.charset[:-1]).pairs
     x, y = teacher_forced_examples(pairs, ck.charset, ck.features)
@@ -176,13 +181,13 @@ def test_export_takes_the_best_fitting_variant_and_its_twin(tmp_path):
         return BenchRow(name, "d", str(models / f"{name}.npz"), [256, 8, 41], "2", 1, 10, 0.9, em, 0.1, fits=fits)
 
     rows = [row("big", 0.9, False), row("small", 0.7, True), row("tiny", 0.6, True)]
-    message = pipeline.export_fitting(rows, tmp_path / "out" / "default.pt")
+    message = bench.export_fitting(rows, tmp_path / "out" / "default.pt")
     assert "exported small" in message
     for path in (tmp_path / "out" / "default", tmp_path / "out" / "heldout" / "default"):
         assert IntModel.load(path.with_suffix(".npz")).name == "default"
         assert path.with_suffix(".pt").is_file()
     with pytest.raises(ValueError, match="no variant fits"):
-        pipeline.export_fitting(rows[:1], tmp_path / "x.pt")
+        bench.export_fitting(rows[:1], tmp_path / "x.pt")
 
 
 @pytest.mark.parametrize("bad", [{"criterion": "bogus"}, {"ratios": [1.5]}, {"ratios": [0.5, 0.5]},

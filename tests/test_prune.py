@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from unochat import cli, codegen, prune
-from unochat import train as T
-from unochat.data import load_dataset, split_heldout
-from unochat.features import FeatureSpec, teacher_forced_examples
-from unochat.intmodel import IntModel
-from unochat.metrics import evaluate
+from unochat import cli
+from unochat.data.dataset import spread_queries
+from unochat.model.density import measure_density
+from unochat.train import prune
+from unochat.train.checkpoint import load_checkpoint
+from unochat.train.config import TrainConfig
+from unochat.train.scratch import train
+from unochat.data.dataset import load_dataset, split_heldout
+from unochat.data.features import FeatureSpec, teacher_forced_examples
+from unochat.model.intmodel import IntModel
+from unochat.model.metrics import evaluate
 
 from test_qat import write_dataset
 
@@ -29,13 +34,13 @@ def data_path(tmp_path_factory):
 def checkpoint(data_path, tmp_path_factory):
     """A tiny 2-bit model trained without 20% of the pairs."""
     out = tmp_path_factory.mktemp("ck") / "parent.pt"
-    T.train(data_path, T.TrainConfig(**TINY, formats=["2bit"] * 3, heldout=0.2), out, progress=False)
+    train(data_path, TrainConfig(**TINY, formats=["2bit"] * 3, heldout=0.2), out, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def inputs(checkpoint):
-    ck = T.load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint)
     pairs = load_dataset(ck.info["dataset"]["path"]).pairs
     return teacher_forced_examples(pairs, ck.charset, SPEC)[0]
 
@@ -53,7 +58,7 @@ def test_select_neurons_keeps_the_highest_scores_per_layer():
 
 
 def test_pruned_model_holds_exactly_the_kept_neurons(checkpoint):
-    model = T.load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model
     keep = [np.array([0, 3, 4, 10, 23]), np.array([1, 2, 15])]
     small = prune.prune_model(model, keep)
     assert [b.linear.weight.shape for b in small.hidden] == [(5, 256), (3, 5)]
@@ -72,7 +77,7 @@ def test_pruned_model_holds_exactly_the_kept_neurons(checkpoint):
 
 @pytest.mark.parametrize("criterion", prune.CRITERIA)
 def test_a_dead_neuron_is_pruned_first(checkpoint, inputs, criterion):
-    model = T.load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model
     with torch.no_grad():  # neuron 7 of layer 0 never fires, and BatchNorm scales it by 0
         model.hidden[0].norm.bias[7] = -1e3
         model.hidden[0].norm.weight[7] = 0.0
@@ -83,7 +88,7 @@ def test_a_dead_neuron_is_pruned_first(checkpoint, inputs, criterion):
 
 
 def test_l1_scores_weigh_the_next_layers_effective_weights(checkpoint, inputs):
-    model = T.load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model
     before = prune.neuron_scores(model, inputs, "l1_std")[0]
     with torch.no_grad():  # doubling the next layer's BatchNorm gain doubles every outgoing weight
         model.hidden[1].norm.weight.mul_(2)
@@ -93,7 +98,7 @@ def test_l1_scores_weigh_the_next_layers_effective_weights(checkpoint, inputs):
 
 
 def test_recalibration_measures_the_batchnorm_statistics_again(checkpoint, inputs):
-    model = T.load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model
     with torch.no_grad():
         model.hidden[0].norm.running_mean.fill_(123.0)
     prune.recalibrate_batchnorm(model, inputs)
@@ -104,7 +109,7 @@ def test_recalibration_measures_the_batchnorm_statistics_again(checkpoint, input
 
 
 def test_requantize_keeps_latent_weights(checkpoint):
-    model = T.load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model
     latent = [layer.weight.detach().clone() for layer in model.linears]
     prune.requantize(model, ["1bit", "int8", "1bit"])
     assert [layer.fmt for layer in model.linears] == ["1bit", "int8", "1bit"]
@@ -126,9 +131,9 @@ def test_prune_command_fine_tunes_on_the_parents_split(checkpoint, data_path, tm
     assert model.meta["prune"] == {"ratios": [0.5, 0.25], "criterion": "l1_std"}
     assert model.meta["total_seconds"] > model.meta["seconds"] > 0  # the parent's training counts too
     # measured on its data, so that its kernel plan does not depend on which files are at hand
-    assert model.meta["density"] == codegen.measure_density(model)
+    assert model.meta["density"] == measure_density(model, spread_queries(load_dataset(data_path).pairs))
     assert len(model.meta["density"]) == 3 and all(0 < d < 1 for d in model.meta["density"])
-    ck = T.load_checkpoint(out)
+    ck = load_checkpoint(out)
     assert ck.config.heldout == 0.2 and ck.config.hidden == [12, 12] and ck.config.epochs == 2
     train_pairs, held = split_heldout(load_dataset(data_path).pairs, 0.2, seed=0)
     assert model.meta["metrics"]["heldout"] == evaluate(model, held)
@@ -139,7 +144,7 @@ def test_quantize_command_binarizes_with_the_latent_signs(checkpoint, tmp_path):
     out = tmp_path / "binary.pt"
     argv = ["quantize", str(checkpoint), "--bits", "1", "--fine-tune-epochs", "1", "--lr", "1e-5", "--out", str(out)]
     assert cli.main(argv) == 0
-    parent, child = T.load_checkpoint(checkpoint).model, T.load_checkpoint(out).model
+    parent, child = load_checkpoint(checkpoint).model, load_checkpoint(out).model
     assert [layer.fmt for layer in child.linears] == ["1bit"] * 3
     for before, after in zip(parent.linears, child.linears):  # a tiny learning rate flips almost no sign
         assert (torch.sign(before.weight) == torch.sign(after.weight)).float().mean() > 0.99

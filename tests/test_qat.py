@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from unochat import qat, reference
-from unochat import train as T
-from unochat.data import build_charset, load_dataset, split_heldout
-from unochat.features import FeatureSpec, teacher_forced_examples
-from unochat.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntModel
-from unochat.metrics import evaluate
+from unochat.model import reference
+from unochat.model.formats import FormatError, parse_formats
+from unochat.train import qat
+from unochat.train.checkpoint import int_model_from_checkpoint, load_checkpoint
+from unochat.train.config import TrainConfig
+from unochat.train.fit import FitResult, fit, new_model, quant_mix
+from unochat.train.scratch import train
+from unochat.data.dataset import build_charset, load_dataset, split_heldout
+from unochat.data.features import FeatureSpec, teacher_forced_examples
+from unochat.model.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntModel
+from unochat.model.metrics import evaluate
 
 SPEC = FeatureSpec()
 WORDS = "hello hi hey how are you what is your name who made tell joke time weather good bad day night".split()
@@ -46,11 +51,11 @@ def examples(data_path):
     return pairs, charset, x, y
 
 
-def fitted_model(examples, **overrides) -> tuple[qat.QuantMLP, T.FitResult]:
+def fitted_model(examples, **overrides) -> tuple[qat.QuantMLP, FitResult]:
     _, charset, x, y = examples
-    config = T.TrainConfig(**{**SMALL, **overrides})
-    model = T.build_model(config, len(charset))
-    return model, T.fit(model, (x, y), config, charset, SPEC, progress=False)
+    config = TrainConfig(**{**SMALL, **overrides})
+    model = new_model(config, len(charset))
+    return model, fit(model, (x, y), config, charset, SPEC, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -211,24 +216,24 @@ def test_saved_model_reloads_to_identical_logits(trained, examples, tmp_path):
 
 
 def test_parse_bits_and_config_checks():
-    assert T.parse_bits("1", 4) == ["1bit"] * 4
-    assert T.parse_bits("1,1,2,8", 4) == ["1bit", "1bit", "2bit", "int8"]
-    with pytest.raises(ValueError, match="3 formats for 4 layers"):
-        T.parse_bits("1,2,8", 4)
-    with pytest.raises(ValueError, match="unknown weight format '4'"):
-        T.parse_bits("4", 2)
+    assert parse_formats("1", 4) == ["1bit"] * 4
+    assert parse_formats("1,1,2,8", 4) == ["1bit", "1bit", "2bit", "int8"]
+    with pytest.raises(FormatError, match="3 weight formats for 4 layers"):
+        parse_formats("1,2,8", 4)
+    with pytest.raises(FormatError, match="unknown weight format .4.: use 1bit \\(1\\), 2bit \\(2\\), int8 \\(8\\)"):
+        parse_formats("4", 2)
     with pytest.raises(ValueError, match="1..1024"):
-        T.TrainConfig(hidden=[1100, 192])
-    assert T.TrainConfig(hidden=[320, 192]).hidden == [320, 192]
-    assert T.TrainConfig(hidden=[8, 8]).formats == ["1bit"] * 3
+        TrainConfig(hidden=[1100, 192])
+    assert TrainConfig(hidden=[320, 192]).hidden == [320, 192]
+    assert TrainConfig(hidden=[8, 8]).formats == ["1bit"] * 3
 
 
 def test_warmup_blends_from_float_to_quantized(examples):
     mixes: list[float] = []
     _, charset, x, y = examples
-    config = T.TrainConfig(**{**SMALL, "epochs": 4, "warmup_epochs": 2})
-    model = T.build_model(config, len(charset))
-    T.fit(model, (x, y), config, charset, SPEC, progress=False, after_step=lambda m: mixes.append(m.linears[0].mix))
+    config = TrainConfig(**{**SMALL, "epochs": 4, "warmup_epochs": 2})
+    model = new_model(config, len(charset))
+    fit(model, (x, y), config, charset, SPEC, progress=False, after_step=lambda m: mixes.append(m.linears[0].mix))
     per_epoch = len(y) // config.batch_size + (len(y) % config.batch_size >= 2)
     assert len(mixes) == 4 * per_epoch  # after_step runs once per optimizer step
     assert mixes[0] == 0.0 and mixes == sorted(mixes)
@@ -238,8 +243,8 @@ def test_warmup_blends_from_float_to_quantized(examples):
 
 
 def test_no_warmup_is_quantized_from_the_first_step():
-    assert T.quant_mix(0, 0) == 1.0
-    assert [T.quant_mix(s, 4) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert quant_mix(0, 0) == 1.0
+    assert [quant_mix(s, 4) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
 def scripted_accuracy(monkeypatch, scores: list[float]) -> list[IntModel]:
@@ -250,7 +255,7 @@ def scripted_accuracy(monkeypatch, scores: list[float]) -> list[IntModel]:
         exported.append(qat.export_int_model(model, charset, features))
         return scores[len(exported) - 1]
 
-    monkeypatch.setattr(T, "integer_accuracy", fake)
+    monkeypatch.setattr("unochat.train.fit.integer_accuracy", fake)
     return exported
 
 
@@ -265,7 +270,7 @@ def same_arrays(a: IntModel, b: IntModel) -> bool:
 def test_early_stopping_keeps_the_best_state(monkeypatch, examples):
     exported = scripted_accuracy(monkeypatch, [0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
     model, result = fitted_model(examples, epochs=6, patience=2)
-    assert (result.stopped_early, result.epochs_run, result.best_epoch, result.best_tf) == (True, 4, 2, 0.7)
+    assert (result.stopped_early, result.epochs_run, result.best_epoch, result.best_score) == (True, 4, 2, 0.7)
     final = qat.export_int_model(model, examples[1], SPEC)
     assert same_arrays(final, exported[1]) and not same_arrays(final, exported[3])
 
@@ -279,15 +284,15 @@ def test_patience_counts_epochs_between_sparse_evaluations(monkeypatch, examples
 
 def test_train_saves_the_best_state_not_the_last(monkeypatch, data_path, tmp_path):
     exported = scripted_accuracy(monkeypatch, [0.5, 0.8, 0.6])
-    result = T.train(data_path, T.TrainConfig(**{**SMALL, "epochs": 3}), tmp_path / "m.pt", progress=False)
+    result = train(data_path, TrainConfig(**{**SMALL, "epochs": 3}), tmp_path / "m.pt", progress=False)
     saved = IntModel.load(tmp_path / "m.npz")
-    assert result.fit.best_epoch == 2 and T.load_checkpoint(tmp_path / "m.pt").info["best_epoch"] == 2
+    assert result.fit.best_epoch == 2 and load_checkpoint(tmp_path / "m.pt").info["best_epoch"] == 2
     assert same_arrays(saved, exported[1]) and not same_arrays(saved, exported[2])
 
 
 def test_same_seed_same_model_other_seed_other_model(data_path, tmp_path):
     def run(seed: int, name: str) -> dict:
-        T.train(data_path, T.TrainConfig(**{**SMALL, "epochs": 2, "seed": seed}), tmp_path / f"{name}.pt", progress=False)
+        train(data_path, TrainConfig(**{**SMALL, "epochs": 2, "seed": seed}), tmp_path / f"{name}.pt", progress=False)
         with np.load(tmp_path / f"{name}.npz") as f:
             return {k: f[k].tobytes() for k in f.files if k != "header"}
 
@@ -297,36 +302,36 @@ def test_same_seed_same_model_other_seed_other_model(data_path, tmp_path):
 
 
 def test_train_writes_checkpoint_and_integer_model(data_path, tmp_path, capsys):
-    config = T.TrainConfig(**{**SMALL, "epochs": 2, "heldout": 0.2, "seed": 3})
-    result = T.train(data_path, config, tmp_path / "run" / "m.pt", progress=False)
+    config = TrainConfig(**{**SMALL, "epochs": 2, "heldout": 0.2, "seed": 3})
+    result = train(data_path, config, tmp_path / "run" / "m.pt", progress=False)
     printed = capsys.readouterr().out
     assert "120 pairs, 1 lines skipped" in printed and "chat.txt:123: query shorter than 2" in printed
     # the held-out pairs are split_heldout's with seed 0, whatever the training seed
     train_pairs, held = split_heldout(load_dataset(data_path).pairs, 0.2, seed=0)
     assert result.metrics["heldout"] == evaluate(result.int_model, held)
     assert result.metrics["train"] == evaluate(result.int_model, train_pairs)
-    ck = T.load_checkpoint(tmp_path / "run" / "m.pt")
+    ck = load_checkpoint(tmp_path / "run" / "m.pt")
     assert ck.config == config and ck.charset == result.int_model.charset
     for key in ("dataset", "seed", "metrics", "best_epoch", "seconds"):
         assert key in ck.info
     assert ck.info["dataset"]["digest"] == load_dataset(data_path).digest
-    from_pt = T.int_model_from_checkpoint(tmp_path / "run" / "m.pt")
+    from_pt = int_model_from_checkpoint(tmp_path / "run" / "m.pt")
     from_npz = IntModel.load(tmp_path / "run" / "m.npz")
     assert same_arrays(from_pt, from_npz) and from_pt.meta == from_npz.meta and from_pt.name == "m"
 
 
 def test_checkpoint_path_must_end_in_pt(data_path, tmp_path):
     with pytest.raises(ValueError, match="suffix .pt"):
-        T.train(data_path, T.TrainConfig(**SMALL), tmp_path / "m.npz", progress=False)
+        train(data_path, TrainConfig(**SMALL), tmp_path / "m.npz", progress=False)
 
 
 def test_a_loaded_checkpoint_fine_tunes(data_path, examples, tmp_path):
-    T.train(data_path, T.TrainConfig(**{**SMALL, "epochs": 2}), tmp_path / "m.pt", progress=False)
-    ck = T.load_checkpoint(tmp_path / "m.pt")
+    train(data_path, TrainConfig(**{**SMALL, "epochs": 2}), tmp_path / "m.pt", progress=False)
+    ck = load_checkpoint(tmp_path / "m.pt")
     start = [qat.weight_levels(layer.weight, layer.fmt)[0] for layer in ck.model.linears]
     _, _, x, y = examples
-    config = T.TrainConfig(**{**SMALL, "epochs": 1, "lr": 1e-4})
-    result = T.fit(ck.model, (x, y), config, ck.charset, ck.features, progress=False)
+    config = TrainConfig(**{**SMALL, "epochs": 1, "lr": 1e-4})
+    result = fit(ck.model, (x, y), config, ck.charset, ck.features, progress=False)
     assert result.epochs_run == 1
     # a gentle fine-tune moves few signs: it started from the checkpoint, not from a fresh model (~50% equal)
     for before, layer in zip(start, ck.model.linears):

@@ -21,7 +21,7 @@ import pytest
 
 serial = pytest.importorskip("serial")
 
-from unochat.sim import SimError, VirtualUno, build_bridge  # noqa: E402
+from unochat.board.sim import SimError, VirtualUno, build_bridge  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sim"
 CPU_HZ = 16_000_000
@@ -231,7 +231,7 @@ def test_bridge_exits_when_launcher_dies(firmware: Callable[..., Path], tmp_path
     link = tmp_path / "ttyORPHAN"
     launcher = (
         "import os, sys\n"
-        "from unochat.sim import VirtualUno\n"
+        "from unochat.board.sim import VirtualUno\n"
         "uno = VirtualUno(sys.argv[1], link=sys.argv[2]).start()\n"
         "print(uno.pid, flush=True)\n"
         "os._exit(0)  # no cleanup at all, as if killed\n"

@@ -101,7 +101,7 @@ register_tool_scons() {
     if python_ok "
 import sys
 from pathlib import Path
-from unochat.build import tool_scons_dir
+from unochat.firmware.pio import tool_scons_dir
 sys.exit(tool_scons_dir(Path(sys.argv[1])) != Path(sys.argv[2]).resolve())" \
         "$PLATFORMIO_CORE_DIR" "$REPO/tools/tool-scons"; then
         say "tool-scons in $PLATFORMIO_CORE_DIR: present"
@@ -114,4 +114,4 @@ sys.exit(tool_scons_dir(Path(sys.argv[1])) != Path(sys.argv[2]).resolve())" \
 install_debian_packages
 setup_venv
 register_tool_scons
-say "done. Build the firmware with: .venv/bin/python -m unochat.build"
+say "done. Build the firmware with: make (or .venv/bin/unochat build MODEL)"

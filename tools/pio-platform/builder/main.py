@@ -73,7 +73,7 @@ env.Append(
         # avr-libc's crtatmega328p.o caps the regions at the chip's 32 KiB / 2 KiB, so an
         # oversized image would stop at "region `text' overflowed". The generic avr5 limits
         # let it link and be measured; placement is unchanged. The budget is enforced by
-        # unochat.build (incl. the 512 B bootloader and the stack) and "checkprogsize".
+        # unochat.firmware.size (incl. the 512 B bootloader and the stack) and "checkprogsize".
         "-Wl,--defsym=__TEXT_REGION_LENGTH__=128K",
         "-Wl,--defsym=__DATA_REGION_LENGTH__=0xffa0",
     ],
@@ -95,7 +95,7 @@ def _sum_sections(output, pattern):
 
 def print_size(target, source, env):  # pylint: disable=unused-argument
     # Informative only: an oversized image must still link so that the host
-    # tools (unochat.build) can say by how much it is over. Uploading is
+    # tools (unochat.firmware.build) can say by how much it is over. Uploading is
     # guarded by PlatformIO's fatal "checkprogsize" below.
     elf = str(source[0])
     output = subprocess.run(

@@ -1,0 +1,67 @@
+"""Quality of an integer model, always measured through reference.py (the integer spec), never a float model.
+
+TF   teacher-forced accuracy: the share of next-character predictions (every response character and the
+     final EOS) that are right when the context is the true response so far.
+EM   exact match: the share of pairs whose free-running reply (reference.generate) equals the response,
+     character for character; nothing is stripped or case-folded.
+loss mean cross-entropy of the teacher-forced targets under softmax(int logits * logit_scale), in nats;
+     None for a model without logit_scale (an imported z80ai model).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+from ..data.dataset import Pair
+from ..data.features import teacher_forced_examples
+from .intmodel import IntModel
+
+
+def _require(pairs: list[Pair]) -> None:
+    if not pairs:
+        raise ValueError("no pairs to evaluate")
+
+
+def example_accuracy(model: IntModel, x: np.ndarray, y: np.ndarray) -> float:
+    """Share of examples (inputs x, target indices y) the integer model predicts right."""
+    return float(np.mean(reference.predict(model, x) == y))
+
+
+def _cross_entropy(logits: np.ndarray, y: np.ndarray, logit_scale: float) -> float:
+    z = logits.astype(np.float64) * logit_scale
+    z -= z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+
+
+def teacher_forced_accuracy(model: IntModel, pairs: list[Pair]) -> float:
+    _require(pairs)
+    x, y = teacher_forced_examples(pairs, model.charset, model.features)
+    return example_accuracy(model, x, y)
+
+
+def exact_match(model: IntModel, pairs: list[Pair]) -> float:
+    _require(pairs)
+    replies = reference.generate(model, [p.query for p in pairs])
+    return float(np.mean([r == p.response for r, p in zip(replies, pairs)]))
+
+
+def cross_entropy(model: IntModel, pairs: list[Pair]) -> float | None:
+    _require(pairs)
+    if model.logit_scale is None:
+        return None
+    x, y = teacher_forced_examples(pairs, model.charset, model.features)
+    return _cross_entropy(reference.logits(model, x), y, model.logit_scale)
+
+
+def evaluate(model: IntModel, pairs: list[Pair]) -> dict:
+    """{'tf', 'em', 'loss'} on these pairs; the teacher-forced logits are computed once for tf and loss."""
+    _require(pairs)
+    x, y = teacher_forced_examples(pairs, model.charset, model.features)
+    logits = reference.logits(model, x)
+    loss = None if model.logit_scale is None else _cross_entropy(logits, y, model.logit_scale)
+    return {
+        "tf": float(np.mean(np.argmax(logits, axis=1) == y)),
+        "em": exact_match(model, pairs),
+        "loss": loss,
+    }

@@ -1,0 +1,26 @@
+"""Train a model from scratch: dataset -> charset -> examples -> QuantMLP -> fit -> `out.pt` + `out.npz`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.features import teacher_forced_examples
+from .checkpoint import TrainResult, check_checkpoint_path, save_trained
+from .config import TrainConfig
+from .fit import fit, new_model
+from .trainset import load_training_data, training_pairs
+
+
+def train(
+    data_path: str | Path, config: TrainConfig, out_path: str | Path, *, progress: bool = True, meta: dict | None = None
+) -> TrainResult:
+    """Train from scratch; `meta` adds to the integer model's meta (save_trained)."""
+    start = time.perf_counter()
+    check_checkpoint_path(out_path)
+    data = load_training_data(data_path, config.heldout)
+    xy = teacher_forced_examples(training_pairs(data, config), data.charset, config.features)
+    model = new_model(config, len(data.charset))
+    fitted = fit(model, xy, config, data.charset, config.features, progress=progress)
+    return save_trained(model, fitted, config, data, data_path, out_path, start, meta=meta)
+
+
