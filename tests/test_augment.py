@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from unochat.data.augment import (
-    KEYBOARD_NEIGHBOURS, AugmentConfig, augment_pairs, augment_query, is_echo, learn_substitutions,
+    KEYBOARD_NEIGHBOURS,
+    AugmentConfig,
+    augment_pairs,
+    augment_query,
+    is_echo,
+    learn_substitutions,
 )
 from unochat.data.dataset import MIN_QUERY, Pair, normalize_query
 

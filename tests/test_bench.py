@@ -9,14 +9,14 @@ import pytest
 
 from unochat import cli
 from unochat.boards import UNO
+from unochat.data.dataset import load_dataset, split_heldout
 from unochat.measure import bench
 from unochat.model import reference
-from unochat.train.config import TrainConfig
-from unochat.train.scratch import train
-from unochat.data.dataset import load_dataset, split_heldout
 from unochat.model.intmodel import IntModel
 from unochat.model.metrics import evaluate
 from unochat.paths import DEFAULT_DATA, REPO
+from unochat.train.config import TrainConfig
+from unochat.train.scratch import train
 
 from conftest import chatty_model
 from test_device import DEFAULT_PAIRS, on_device

@@ -1,23 +1,20 @@
 """The generated C, compiled with host gcc, computes exactly what the Python reference computes."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from unochat.codegen import kernels as codegen_kernels
-from unochat.model import reference
-from unochat.data.dataset import load_dataset, normalize_query
-from unochat.data.features import FeatureSpec, context_features, query_features, teacher_forced_examples
 from unochat.codegen.hostc import HostModel
+from unochat.data.dataset import MAX_QUERY, load_dataset, normalize_query
+from unochat.data.features import FeatureSpec, context_features, query_features, teacher_forced_examples
+from unochat.model import formats, reference
 from unochat.model.z80ai import load_z80ai
 
 from conftest import CHARSET, TINYCHAT_DATA, TINYCHAT_MODEL, need_shared, random_inputs, random_model
 
-FORMAT_CASES = [
-    (["1bit"] * 4, "u8"),
-    (["2bit"] * 4, "u8"),
-    (["int8"] * 4, "u8"),
+# one all-u8 case per format of the registry (a new format is tested as soon as it is registered), then mixes
+FORMAT_CASES = [([name] * 4, "u8") for name in formats.FORMATS] + [
     (["1bit", "2bit", "int8", "1bit"], "u8"),
     (["int8", "1bit", "2bit", "2bit"], "i16"),
     (["2bit"] * 4, "i16"),
@@ -87,13 +84,19 @@ def test_query_features_match(feature_model):
 
 
 def test_query_feature_counts_saturate():
+    """Counts clamp at 255 (the first layer's uint8 inputs). The reference reaches the clamp on a long
+    query: 400 'a' make 398 trigrams 'aaa' in one bucket. The C takes at most 255 characters (its length
+    is a uint8; the device passes at most MAX_QUERY), so it is compared up to there: 253 counts."""
     spec = FeatureSpec(query_buckets=16)
+    counts = query_features("a" * 400, spec)
+    bucket = int(np.argmax(counts))
+    assert counts[bucket] == 255
     model = random_model(2, ["1bit", "1bit"], [8], features=spec)
     host = HostModel(model)
-    # 60 identical trigrams "aaa" land in one bucket: 58 counts, no saturation; uint8 holds it
-    q = "a" * 60
-    np.testing.assert_array_equal(host.query_features(q), query_features(q, spec))
-    assert query_features(q, spec).max() == 58
+    for n in (MAX_QUERY, 255):
+        q = "a" * n
+        np.testing.assert_array_equal(host.query_features(q), query_features(q, spec))
+    assert query_features("a" * 255, spec)[bucket] == 253
     host.close()
 
 

@@ -5,8 +5,15 @@ import gzip
 
 import pytest
 
-from unochat.data.dataset import (EOS, MAX_QUERY, DatasetError, build_charset, load_dataset, normalize_query,
-                          split_heldout)
+from unochat.data.dataset import (
+    EOS,
+    MAX_QUERY,
+    DatasetError,
+    build_charset,
+    load_dataset,
+    normalize_query,
+    split_heldout,
+)
 
 from conftest import TINYCHAT_DATA, need_shared
 

@@ -27,11 +27,6 @@ import numpy as np
 import pytest
 
 from unochat import cli
-from unochat.boards import UNO
-from unochat.firmware.build import build_firmware
-from unochat.firmware.size import SizeReport
-from unochat.model import reference
-from unochat.data.dataset import MAX_QUERY, load_dataset, normalize_query
 from unochat.board.client import (
     CommandError,
     DeviceError,
@@ -43,10 +38,14 @@ from unochat.board.client import (
     parse_timed,
 )
 from unochat.board.flash import avrdude_command, flash
+from unochat.boards import UNO
+from unochat.data.dataset import MAX_QUERY, load_dataset, normalize_query
 from unochat.data.features import FeatureSpec
-from unochat.model.intmodel import IntModel
-
+from unochat.firmware.build import build_firmware
 from unochat.firmware.project import make_project, project_environ
+from unochat.firmware.size import SizeReport
+from unochat.model import reference
+from unochat.model.intmodel import IntModel
 from unochat.paths import DEFAULT_DATA
 
 from conftest import TINYCHAT_DATA, chatty_model, need_shared, random_inputs, random_model

@@ -7,8 +7,8 @@ from unochat.boards import UNO
 from unochat.firmware.build import build_firmware
 from unochat.firmware.size import BudgetError
 from unochat.model.files import load_int_model
-from unochat.paths import DEFAULT_MODEL
 from unochat.model.z80ai import load_z80ai
+from unochat.paths import DEFAULT_MODEL
 
 from conftest import TINYCHAT_MODEL, need_shared
 

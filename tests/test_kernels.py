@@ -18,8 +18,7 @@ import pytest
 from unochat import cli
 from unochat.board.client import connect
 from unochat.boards import UNO
-from unochat.codegen.kernels import (LayerKernel, candidate_kernels, int8_acc_bits, requant_mode,
-                                     zero_thresholds)
+from unochat.codegen.kernels import LayerKernel, candidate_kernels, int8_acc_bits, requant_mode, zero_thresholds
 from unochat.codegen.layout import UNROLL, Plan
 from unochat.codegen.plan import flash_bytes, plan_layers, sram_bytes
 from unochat.codegen.render import render

@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 
 from unochat import cli
-from unochat.boards import UNO
-from unochat.firmware.build import build_firmware
-from unochat.model import reference
-from unochat.data.dataset import normalize_query
 from unochat.board.client import DeviceError, TimedReply
+from unochat.boards import UNO
+from unochat.data.dataset import load_dataset, normalize_query
 from unochat.data.features import FeatureSpec
+from unochat.firmware.build import build_firmware
 from unochat.measure.latency import bench_queries, check_model, measure_latency
+from unochat.model import reference
 from unochat.model.files import load_int_model
-from unochat.paths import DEFAULT_DATA, DEFAULT_MODEL
+from unochat.paths import DEFAULT_DATA, DEFAULT_MODEL, REPO
 
-from conftest import TINYCHAT_DATA, random_model
-from conftest import chatty_model
+from conftest import TINYCHAT_DATA, chatty_model, need_shared, random_model
 from test_device import DEFAULT_PAIRS, on_device
 
 
@@ -92,11 +91,19 @@ def test_bench_queries_come_from_the_models_training_data() -> None:
     path, queries = bench_queries(model, 10)
     assert path == str(DEFAULT_DATA) and len(queries) == 10 == len(set(queries))
     assert all(q == normalize_query(q) for q in queries)
-    if TINYCHAT_DATA.exists():
-        model.meta = {"dataset": {"path": str(TINYCHAT_DATA)}}
-        assert bench_queries(model, 5)[0] == str(TINYCHAT_DATA)
     model.meta = {"dataset": {"path": "no/such/file.txt"}}
     assert bench_queries(model, 5)[0] == str(DEFAULT_DATA)
+    model.meta = {"dataset": {"path": str(DEFAULT_DATA.relative_to(REPO))}}  # relative to the repo
+    assert bench_queries(model, 5)[0] == str(REPO / DEFAULT_DATA.relative_to(REPO))
+
+
+def test_bench_queries_of_another_dataset() -> None:
+    need_shared()
+    model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
+    model.meta = {"dataset": {"path": str(TINYCHAT_DATA)}}
+    path, queries = bench_queries(model, 5)
+    tinychat = {p.query for p in load_dataset(TINYCHAT_DATA).pairs}
+    assert path == str(TINYCHAT_DATA) and len(queries) == 5 and set(queries) <= tinychat
 
 
 @on_device

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from unochat.model import metrics
 from unochat.data.dataset import Pair
 from unochat.data.features import FeatureSpec, context_features
+from unochat.model import metrics
 from unochat.model.intmodel import IntLayer, IntModel
 
 CHARSET = " AB\x00"  # space, A, B, EOS

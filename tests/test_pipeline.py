@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from unochat import cli
-from unochat.model import reference
-from unochat.train import finetune, pipeline
-from unochat.measure import bench
-from unochat.measure.bench import BenchRow
 from unochat.data.dataset import Pair, load_dataset
 from unochat.data.features import FeatureSpec, teacher_forced_examples
+from unochat.measure import bench
+from unochat.measure.bench import BenchRow
+from unochat.model import reference
 from unochat.model.intmodel import IntModel
 from unochat.model.metrics import exact_match
+from unochat.train import finetune, pipeline
 from unochat.train.checkpoint import load_checkpoint
 from unochat.train.config import FineTune, PairFocus, Recipe, TrainConfig
 from unochat.train.fit import FitResult, integer_accuracy

@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from unochat import cli
-from unochat.data.dataset import spread_queries
+from unochat.data.dataset import load_dataset, split_heldout, spread_queries
+from unochat.data.features import FeatureSpec, teacher_forced_examples
 from unochat.model.density import measure_density
+from unochat.model.intmodel import IntModel
+from unochat.model.metrics import evaluate
 from unochat.train import prune
 from unochat.train.checkpoint import load_checkpoint
 from unochat.train.config import TrainConfig
 from unochat.train.scratch import train
-from unochat.data.dataset import load_dataset, split_heldout
-from unochat.data.features import FeatureSpec, teacher_forced_examples
-from unochat.model.intmodel import IntModel
-from unochat.model.metrics import evaluate
 
 from test_qat import write_dataset
 

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from unochat.data.dataset import build_charset, load_dataset, split_heldout
+from unochat.data.features import FeatureSpec, teacher_forced_examples
 from unochat.model import reference
 from unochat.model.formats import FormatError, parse_formats
+from unochat.model.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntModel
+from unochat.model.metrics import evaluate
 from unochat.train import qat
 from unochat.train.checkpoint import int_model_from_checkpoint, load_checkpoint
 from unochat.train.config import TrainConfig
 from unochat.train.fit import FitResult, fit, new_model, quant_mix
 from unochat.train.scratch import train
-from unochat.data.dataset import build_charset, load_dataset, split_heldout
-from unochat.data.features import FeatureSpec, teacher_forced_examples
-from unochat.model.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntModel
-from unochat.model.metrics import evaluate
 
 SPEC = FeatureSpec()
 WORDS = "hello hi hey how are you what is your name who made tell joke time weather good bad day night".split()

@@ -16,7 +16,7 @@ from ..data.dataset import MAX_QUERY
 from ..model import formats
 from ..model.intmodel import ACT_MAX, IntModel
 from ..paths import TEMPLATES
-from .kernels import (SUMS_BYTES, LayerKernel, kernel_group, requant_mode, requant_table, zero_thresholds)
+from .kernels import SUMS_BYTES, LayerKernel, kernel_group, requant_mode, requant_table, zero_thresholds
 
 CTYPE = {"u8": "uint8_t", "i16": "int16_t", None: "int32_t"}
 KERNEL_PATHS = ("fast", "c")

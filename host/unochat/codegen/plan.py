@@ -28,8 +28,19 @@ from ..boards import UNO, Board
 from ..model.density import default_density
 from ..model.intmodel import IntModel
 from .kernels import KERNEL_FRAME, SUMS_BYTES, LayerKernel, candidate_kernels, layer_cycles, requant_mode
-from .layout import (ASSEMBLY, KERNEL_PATHS, UNROLL, Plan, act_buffers, c_plan, cache_bytes, environment,
-                     layer_context, list_bytes, template_context)
+from .layout import (
+    ASSEMBLY,
+    KERNEL_PATHS,
+    UNROLL,
+    Plan,
+    act_buffers,
+    c_plan,
+    cache_bytes,
+    environment,
+    layer_context,
+    list_bytes,
+    template_context,
+)
 
 SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and save ~55 per zero one
 

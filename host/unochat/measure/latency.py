@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..boards import UNO
 from ..board.client import DeviceError, UnoClient
+from ..boards import UNO
 from ..data.dataset import SAMPLE_QUERIES, load_dataset, normalize_query, recorded_dataset, spread_queries
 from ..firmware.size import SizeReport
 from ..model import reference

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference
 from ..data.dataset import Pair
 from ..data.features import teacher_forced_examples
+from . import reference
 from .intmodel import IntModel
 
 
