@@ -86,14 +86,15 @@ def test_check_model_refuses_another_model() -> None:
         check_model(ScriptedBoard(model, {}, board_id="0badc0de"), model)
 
 
-def test_bench_queries_come_from_the_models_training_data() -> None:
+def test_bench_queries_come_from_the_models_training_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = random_model(0, ["1bit", "1bit"], [8], features=FeatureSpec(16, 16))
     path, queries = bench_queries(model, 10)
     assert path == str(DEFAULT_DATA) and len(queries) == 10 == len(set(queries))
     assert all(q == normalize_query(q) for q in queries)
     model.meta = {"dataset": {"path": "no/such/file.txt"}}
     assert bench_queries(model, 5)[0] == str(DEFAULT_DATA)
-    model.meta = {"dataset": {"path": str(DEFAULT_DATA.relative_to(REPO))}}  # relative to the repo
+    monkeypatch.chdir(tmp_path)  # a path recorded relative to the repo is found from anywhere
+    model.meta = {"dataset": {"path": str(DEFAULT_DATA.relative_to(REPO))}}
     assert bench_queries(model, 5)[0] == str(REPO / DEFAULT_DATA.relative_to(REPO))
 
 

@@ -112,7 +112,7 @@ def normalize_query(raw: str | bytes) -> str:
         if byte in (0x08, 0x7F):
             if kept:
                 kept.pop()
-        elif 0x20 <= byte <= 0x7E and len(kept) < MAX_QUERY:
+        elif is_printable(chr(byte)) and len(kept) < MAX_QUERY:
             kept.append(chr(byte))
     return "".join(kept).strip(" ")
 
