@@ -1,6 +1,8 @@
 """Shared fixtures: random and extreme integer models, and the z80ai files from ../shared."""
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,9 @@ import pytest
 
 from unochat.data.dataset import Pair, build_charset
 from unochat.data.features import FeatureSpec, input_vector
+from unochat.firmware.build import build_firmware
 from unochat.firmware.project import make_project, project_environ
+from unochat.firmware.size import SizeReport
 from unochat.model import formats, reference
 from unochat.model.intmodel import ACT_MAX, INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel
 from unochat.paths import REPO
@@ -24,6 +28,29 @@ def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PlatformIO's environment for a throw-away project under tmp_path (unochat.firmware.project)."""
     for key, value in project_environ(tmp_path).items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntModel], tuple[Path, SizeReport]]]:
+    """Builds firmware for any model in one throw-away project shared by the whole module:
+    (ELF, sizes), once per model id."""
+    root = tmp_path_factory.mktemp("firmware")
+    project = make_project(root)
+    built: dict[str, tuple[Path, SizeReport]] = {}
+
+    def build_one(model: IntModel) -> tuple[Path, SizeReport]:
+        key = model.fingerprint()
+        if key not in built:
+            sizes = build_firmware(model, project, quiet=True)
+            elf = root / f"{key}.elf"
+            shutil.copy(project / "build" / "firmware.elf", elf)
+            built[key] = (elf, sizes)
+        return built[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in project_environ(root).items():
+            mp.setenv(key, value)
+        yield build_one
 
 
 @pytest.fixture

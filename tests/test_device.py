@@ -41,8 +41,6 @@ from unochat.board.flash import avrdude_command, flash
 from unochat.boards import UNO
 from unochat.data.dataset import MAX_QUERY, load_dataset, normalize_query
 from unochat.data.features import FeatureSpec
-from unochat.firmware.build import build_firmware
-from unochat.firmware.project import make_project, project_environ
 from unochat.firmware.size import SizeReport
 from unochat.model import reference
 from unochat.model.intmodel import IntModel
@@ -79,29 +77,6 @@ class Board:
     client: UnoClient
     elf: Path
     sizes: SizeReport
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntModel], tuple[Path, SizeReport]]]:
-    """Builds firmware for any model in one throw-away project shared by the whole module:
-    (ELF, sizes), once per model id."""
-    root = tmp_path_factory.mktemp("device")
-    project = make_project(root)
-    built: dict[str, tuple[Path, SizeReport]] = {}
-
-    def build_one(model: IntModel) -> tuple[Path, SizeReport]:
-        key = model.fingerprint()
-        if key not in built:
-            sizes = build_firmware(model, project, quiet=True)
-            elf = root / f"{key}.elf"
-            shutil.copy(project / "build" / "firmware.elf", elf)
-            built[key] = (elf, sizes)
-        return built[key]
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in project_environ(root).items():
-            mp.setenv(key, value)
-        yield build_one
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The compression pipeline (unochat.pipeline, `unochat pipeline`) on a tiny dataset, without firmware builds."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from unochat.train.checkpoint import load_checkpoint
 from unochat.train.config import FineTune, PairFocus, Recipe, TrainConfig
 from unochat.train.fit import FitResult, integer_accuracy
 from unochat.train.scratch import train
+from unochat.train.trainset import Examples, training_examples
 
 from conftest import chatty_model, random_model
 from test_device import DEFAULT_PAIRS
@@ -70,10 +72,17 @@ def test_pair_focus_weighs_pairs_by_their_whole_reply_probability():
     pairs_of = np.array([0, 0, 1, 2, 2])
     p_whole = np.array([0.5 * 0.5, 1 / 3, 0.5 * 0.1])  # softmax of log-probabilities: the probabilities
     focus = PairFocus(beta=0.5, floor=0.2)
-    got = finetune.focus_weights(focus, x, y, pairs_of)(FixedLogits()).numpy()
+    got = finetune.focus_weights(focus, Examples(x, y, pairs_of))(FixedLogits()).numpy()
     want = 0.2 + 0.8 * p_whole**0.5 / np.mean(p_whole**0.5)
     np.testing.assert_allclose(got, want[pairs_of], rtol=1e-5)
-    assert np.allclose(finetune.focus_weights(PairFocus(beta=0.0), x, y, pairs_of)(FixedLogits()).numpy(), 1.0)
+    ones = finetune.focus_weights(PairFocus(beta=0.0), Examples(x, y, pairs_of))(FixedLogits()).numpy()
+    assert np.allclose(ones, 1.0)
+    # where the store allows only symbols 0 and 1, the last example's 0.1 becomes 0.1 / (0.1 + 0.1)
+    allowed = np.ones((5, 3), dtype=bool)
+    allowed[4, 2] = False
+    p_whole[2] = 0.5 * 0.5
+    got = finetune.focus_weights(focus, Examples(x, y, pairs_of, allowed))(FixedLogits()).numpy()
+    np.testing.assert_allclose(got, (0.2 + 0.8 * p_whole**0.5 / np.mean(p_whole**0.5))[pairs_of], rtol=1e-5)
 
 
 def test_whole_pairs_right_is_the_exact_match():
@@ -93,9 +102,14 @@ def test_whole_pairs_right_is_the_exact_match():
         return reply + letters[1]
 
     pairs = [Pair(q, response(i, r), 0) for i, (q, r) in enumerate(usable)]
-    x, y = teacher_forced_examples(pairs, model.charset, SPEC)
-    em = finetune.whole_pairs_right(model, x, y, finetune.pair_index(pairs))
-    assert em == exact_match(model, pairs) == 0.5
+    examples = training_examples(pairs, model.charset, TrainConfig(features=SPEC), None)
+    assert finetune.whole_pairs_right(model, examples) == exact_match(model, pairs) == 0.5
+    # with a store of the pairs' replies, only the steps where it branches are examples, and still EM
+    model = dataclasses.replace(model, replies=sorted({p.response for p in pairs}))
+    model.validate()
+    examples = training_examples(pairs, model.charset, TrainConfig(features=SPEC), model.store)
+    assert len(examples.y) < sum(len(p.response) + 1 for p in pairs)
+    assert finetune.whole_pairs_right(model, examples) == exact_match(model, pairs)
 
 
 def fit_result(best_epoch: int, best_score: float, epochs: int) -> FitResult:

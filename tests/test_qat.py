@@ -251,7 +251,7 @@ def scripted_accuracy(monkeypatch, scores: list[float]) -> list[IntModel]:
     """Replace the integer evaluation by a script of scores; returns the exported model of every call."""
     exported: list[IntModel] = []
 
-    def fake(model, charset, features, x, y):
+    def fake(model, charset, features, x, y, allowed=None):
         exported.append(qat.export_int_model(model, charset, features))
         return scores[len(exported) - 1]
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .. import __version__
 from ..board.client import REPLY_TIMEOUT, DeviceError
 from ..board.sim import SimError
@@ -24,7 +26,7 @@ from ..model import formats
 from ..model.files import CHECKPOINT_SUFFIX, MODEL_SUFFIXES, load_int_model, model_path
 from ..model.intmodel import MAX_WIDTH, IntModel, ModelError
 from ..paths import DEFAULT_DATA, DEFAULT_ELF, DEFAULT_HEX, DEFAULT_MODEL, GENERATED, REPO
-from ..train.config import CRITERIA, FineTune, PairFocus, Recipe, TrainConfig
+from ..train.config import CRITERIA, DECODINGS, FineTune, PairFocus, Recipe, TrainConfig
 
 if TYPE_CHECKING:
     from ..board.client import UnoClient
@@ -117,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             patience=args.patience,
             eval_every=args.eval_every,
             augment=args.augment,
+            decoding=args.decoding,
+            store_bytes=args.store_bytes,
         )
         result = train(args.data, config, Path(args.out))
     print(result.summary())
@@ -195,13 +199,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(reference.reply(model, query))
         return 0
 
-    def show(active: list[int], logits, chosen) -> None:  # noqa: ANN001 (numpy arrays)
-        best = int(chosen[0])
-        symbol = "EOS" if best == model.eos else repr(model.charset[best])
-        print(f"{len(shown):2d} {symbol:5s} " + " ".join(str(int(v)) for v in logits[0]))
-        shown.append(best)
+    def show(prefixes: list[str], logits: np.ndarray, chosen: list[int]) -> None:
+        symbol = "EOS" if chosen[0] == model.eos else repr(model.charset[chosen[0]])
+        print(f"{len(prefixes[0]):2d} {symbol:5s} " + " ".join(str(int(v)) for v in logits[0]))
 
-    shown: list[int] = []
     print(reference.generate(model, [query], on_step=show)[0])
     return 0
 
@@ -417,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=TRAIN.eval_every, help="evaluate the integer model every N epochs")
     p.add_argument("--augment", type=int, default=TRAIN.augment, metavar="N",
                    help="also train on N seeded variants of each training query (typos, dropped/swapped words)")
+    p.add_argument("--decoding", choices=DECODINGS, default=TRAIN.decoding,
+                   help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
+                        "corpora\"); free: any string (default)")
+    p.add_argument("--store-bytes", type=_positive, metavar="B",
+                   help="with --decoding replies: the reply store's flash budget; the replies serving the most "
+                        "pairs per byte are kept (default: every reply)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
     p.set_defaults(func=cmd_train)
 

@@ -15,6 +15,7 @@ from .. import __version__
 from ..data.dataset import MAX_QUERY
 from ..model import formats
 from ..model.intmodel import ACT_MAX, IntModel
+from ..model.replies import CHECKPOINT, MAX_CODE_BITS, encode
 from ..paths import TEMPLATES
 from .kernels import SUMS_BYTES, LayerKernel, kernel_group, requant_mode, requant_table, zero_thresholds
 
@@ -241,7 +242,31 @@ def template_context(model: IntModel, plan: Plan, kernels: str, layers: list[dic
         "list_bytes": list_bytes(model, plan.kernels),
         "cache_ctype": cache_ctype(model),
         "charset_bytes": ", ".join(str(ord(c)) for c in model.charset),
-        "info": f"model={_c_string(model.name)} id={mid} shape={shape} formats={','.join(model.formats)}",
+        "info": f"model={_c_string(model.name)} id={mid} shape={shape} formats={','.join(model.formats)}"
+                + (f" replies={len(model.replies)}" if model.replies is not None else ""),
+        "store": store_context(model),
+    }
+
+
+def store_context(model: IntModel) -> dict | None:
+    """The reply store's arrays for the templates (model/replies.py `encode`), None for free decoding."""
+    if model.store is None:
+        return None
+    encoded = encode(model.store, model.charset)
+    return {
+        "n": len(model.store),
+        "checkpoint": CHECKPOINT,
+        "max_bits": MAX_CODE_BITS,
+        "lcp": _c_array(encoded.lcp),
+        "head": _c_array(encoded.head),
+        "checkpoints": ", ".join(str(int(v)) for v in encoded.checkpoints),
+        "checkpoints_n": encoded.checkpoints.size,
+        "text": _c_array(encoded.text),
+        "text_n": max(encoded.text.size, 1),
+        "code_counts": ", ".join(str(int(v)) for v in encoded.code_counts),
+        "code_symbols": ", ".join(str(int(v)) for v in encoded.code_symbols),
+        "symbols_n": encoded.code_symbols.size,
+        "nbytes": encoded.nbytes,
     }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..boards import UNO, Board
 from ..model.density import default_density
 from ..model.intmodel import IntModel
+from ..model.replies import encode
 from .kernels import KERNEL_FRAME, SUMS_BYTES, LayerKernel, candidate_kernels, layer_cycles, requant_mode
 from .layout import (
     ASSEMBLY,
@@ -54,12 +55,16 @@ FIRMWARE_SRAM = 265
 FIRMWARE_FLASH = 4_850
 FAST_LAYER_FLASH, C_LAYER_FLASH = 260, 310
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
+STORE_CODE_FLASH = 600  # the reply store's decoder and its step (unochat_model.c.j2), rounded up
+STORE_STATE = 9  # the decoder's cursor in unochat_state_t
 
 
 def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
     """Static SRAM of the firmware with these kernels (the generated buffers exactly, the rest as measured)."""
     spec = model.features
     state = spec.n_inputs + 4 * model.shape[-1] + spec.context_len + 1
+    if model.replies is not None:
+        state += STORE_STATE
     if cache:
         state += cache_bytes(model, kernels[0])
     firmware = FIRMWARE_SRAM + model.max_reply + 4 * (len(model.layers) + 3)
@@ -79,7 +84,10 @@ def flash_bytes(model: IntModel, plan: Plan) -> int:
     if plan.asm_kernels():
         text = environment().get_template(ASSEMBLY + ".j2").render(**template_context(model, plan, "fast", layers))
         assembly = 2 * len(re.findall(r"^\s+[a-z]+\b(?!:)", text, re.MULTILINE))
-    return FIRMWARE_FLASH + tables + code + assembly
+    store = 0
+    if model.store is not None:
+        store = encode(model.store, model.charset).nbytes + STORE_CODE_FLASH
+    return FIRMWARE_FLASH + tables + code + assembly + store
 
 def plan_layers(model: IntModel, density: list[float] | None = None, board: Board = UNO) -> Plan:
     """The fastest kernel per layer that fits `board`, whether the first layer's query share is cached,

@@ -69,6 +69,11 @@ def input_vector(query: str, generated: str, spec: FeatureSpec) -> np.ndarray:
     return np.concatenate([query_features(query, spec), context_features(generated, spec)])
 
 
+def teacher_forced_prefixes(pairs: list[Pair]) -> list[str]:
+    """The reply so far of each example of teacher_forced_examples, in its order."""
+    return [pair.response[:k] for pair in pairs for k in range(len(pair.response) + 1)]
+
+
 def teacher_forced_examples(pairs: list[Pair], charset: str, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     """One example per response character plus EOS: (inputs uint8 [N, n_inputs], targets int64 [N])."""
     index = {c: i for i, c in enumerate(charset)}

@@ -73,7 +73,7 @@ def breakdown(project: Path, model: IntModel, queries: list[str], path: str = "f
         runs[profiled, "flash"] = flash
     timed = runs[False]
     profiled = runs.get(True, timed)
-    stats = cycle_stats(timed, model.max_reply, len(model.layers), uart)
+    stats = cycle_stats(timed, model, uart)
     extra = (sum(sum(t.layer_cycles) + t.requant_cycles for t in profiled) - sum(sum(t.layer_cycles) for t in timed))
     rq_total = sum(t.requant_cycles for t in profiled) - extra / 2
     # per layer: what the profiling build took from each layer, scaled to the corrected total

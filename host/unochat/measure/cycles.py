@@ -10,12 +10,13 @@ import statistics
 from dataclasses import dataclass
 
 from ..board.client import TimedReply, UnoClient
+from ..model import reference
+from ..model.intmodel import IntModel
 
 
-def steps_with_network(timed: TimedReply, max_reply: int) -> int:
-    """Steps that ran the network (and the context features): all but the one that stops at the length
-    limit without them."""
-    return len(timed.steps) - (timed.n >= max_reply)
+def steps_with_network(timed: TimedReply, model: IntModel) -> int:
+    """Steps of a timed reply that ran the network (and the context features), by the spec's rule."""
+    return reference.network_steps(model, timed.reply)
 
 
 def uart_cycles_per_char(client: UnoClient, replies: list[str]) -> float:
@@ -48,9 +49,10 @@ class CycleStats:
         return statistics.median(self.final_steps) if self.final_steps else None
 
 
-def cycle_stats(timed: list[TimedReply], max_reply: int, n_layers: int, uart: float = 0.0) -> CycleStats:
-    """The statistics of these timed replies; `uart`: cycles per character of the UART writes."""
-    evaluations = sum(steps_with_network(t, max_reply) for t in timed)
+def cycle_stats(timed: list[TimedReply], model: IntModel, uart: float = 0.0) -> CycleStats:
+    """The statistics of these timed replies of `model`; `uart`: cycles per character of the UART writes."""
+    max_reply, n_layers = model.max_reply, len(model.layers)
+    evaluations = sum(steps_with_network(t, model) for t in timed)
     per_evaluation = max(evaluations, 1)
     chars = sum(t.n for t in timed)
     return CycleStats(

@@ -249,7 +249,7 @@ def measure_first_layer(project: Path, fmt: str, n_out: int, queries: list[str])
         elf, _ = build_for_simulator(model, project, path)
         with connect(sim=elf) as client:
             timed = [client.timed_reply(q) for q in queries]
-        per_step = [t.layer_cycles[0] / steps_with_network(t, model.max_reply) for t in timed]
+        per_step = [t.layer_cycles[0] / steps_with_network(t, model) for t in timed]
         results.append(FirstLayerResult(
             format=fmt, inputs=spec.n_inputs, outputs=n_out, path=path,
             step_cycles=statistics.median(per_step),

@@ -153,7 +153,7 @@ def measure_latency(
     uart = uart_cycles_per_char(client, [t.reply for t in timed])
     least_free = client.memory()["least_free"]
 
-    stats = cycle_stats(timed, model.max_reply, len(model.layers), uart)
+    stats = cycle_stats(timed, model, uart)
     return LatencyReport(
         model=model.name,
         model_id=info["id"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..data.dataset import EOS, is_printable
 from ..data.features import FeatureSpec
 from . import formats
 from .formats import FormatError
+from .replies import ReplyStore
 
 ACT_MAX = {"u8": 255, "i16": 32767}
 INPUT_MAX = 255  # layer 0 sees uint8 counts
@@ -68,6 +70,24 @@ class IntModel:
     name: str = "model"
     logit_scale: float | None = None  # float logit = int logit * logit_scale, for the loss; None if unknown
     meta: dict = field(default_factory=dict)
+    # The replies generation is kept to (model/replies.py), sorted; None: free decoding (any string).
+    # Set when the model is made (`store` caches them): another store is another model (dataclasses.replace).
+    replies: list[str] | None = None
+
+    @cached_property
+    def store(self) -> ReplyStore | None:
+        """The stored replies as a ReplyStore (model/replies.py), None for free decoding."""
+        return None if self.replies is None else ReplyStore(self.replies)
+
+    @cached_property
+    def symbol_index(self) -> dict[str, int]:
+        """charset character -> its index (EOS, the last, is "")."""
+        return {c: i for i, c in enumerate(self.charset[:-1])} | {"": self.eos}
+
+    @property
+    def decoding(self) -> str:
+        """"replies" (reply-constrained: only stored replies) or "free"."""
+        return "free" if self.replies is None else "replies"
 
     @property
     def eos(self) -> int:
@@ -91,7 +111,8 @@ class IntModel:
     def describe(self) -> str:
         shape = "→".join(str(n) for n in self.shape)
         fmts = ",".join(self.formats)
-        return f"{self.name}: {shape} [{fmts}], {self.params():,} params, {len(self.charset) - 1} chars + EOS"
+        store = f", {len(self.replies):,} stored replies" if self.replies is not None else ""
+        return f"{self.name}: {shape} [{fmts}], {self.params():,} params, {len(self.charset) - 1} chars + EOS{store}"
 
     # --- validation -------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -103,6 +124,8 @@ class IntModel:
             raise ModelError("charset characters must be printable ASCII")
         if not 1 <= self.max_reply <= 255:
             raise ModelError(f"max_reply must be 1..255, got {self.max_reply}")
+        if self.replies is not None:
+            self._validate_replies()
         if self.shape[0] != self.features.n_inputs:
             raise ModelError(f"first layer takes {self.shape[0]} inputs, features give {self.features.n_inputs}")
         if self.shape[-1] != len(self.charset):
@@ -110,6 +133,16 @@ class IntModel:
         for i, layer in enumerate(self.layers):
             self._validate_layer(i, layer)
         self.check_bounds()
+
+    def _validate_replies(self) -> None:
+        replies = self.replies or []
+        if not replies or replies != sorted(set(replies)):
+            raise ModelError("stored replies must be a non-empty sorted list of distinct strings")
+        outside = sorted({c for r in replies for c in r} - set(self.charset[:-1]))
+        if outside:
+            raise ModelError(f"stored replies use characters outside the charset: {''.join(outside)!r}")
+        if any(not 1 <= len(r) <= self.max_reply for r in replies):
+            raise ModelError(f"stored replies must have 1..max_reply ({self.max_reply}) characters")
 
     def _validate_layer(self, i: int, layer: IntLayer) -> None:
         where = f"layer {i}"
@@ -157,6 +190,8 @@ class IntModel:
         that a board runs this model."""
         h = hashlib.sha256()
         h.update(repr((self.charset, self.features.to_dict(), self.max_reply)).encode())
+        if self.replies is not None:  # models without a store keep the fingerprints they had
+            h.update(repr(self.replies).encode())
         for layer in self.layers:
             h.update(repr((layer.fmt, layer.shift, layer.act)).encode())
             for array in (layer.weight.astype(np.int8), layer.mult.astype(np.int32), layer.bias.astype(np.int32)):
@@ -175,6 +210,7 @@ class IntModel:
             "logit_scale": self.logit_scale,
             "layers": [{"fmt": l.fmt, "shift": l.shift, "act": l.act} for l in self.layers],
             "meta": self.meta,
+            "replies": self.replies,
         }
         arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
         for i, layer in enumerate(self.layers):
@@ -217,6 +253,7 @@ class IntModel:
             name=header["name"],
             logit_scale=header.get("logit_scale"),
             meta=header.get("meta", {}),
+            replies=header.get("replies"),
         )
         model.validate()
         return model

@@ -1,9 +1,10 @@
 """Quality of an integer model, always measured through reference.py (the integer spec), never a float model.
 
 TF   teacher-forced accuracy: the share of next-character predictions (every response character and the
-     final EOS) that are right when the context is the true response so far.
-EM   exact match: the share of pairs whose free-running reply (reference.generate) equals the response,
-     character for character; nothing is stripped or case-folded.
+     final EOS) that are right when the context is the true response so far; a model with stored replies
+     predicts as it decodes (the allowed symbol with the largest logit; a step forced by the store is right).
+EM   exact match: the share of pairs whose generated reply (reference.generate, free or reply-constrained)
+     equals the response, character for character; nothing is stripped or case-folded.
 loss mean cross-entropy of the teacher-forced targets under softmax(int logits * logit_scale), in nats;
      None for a model without logit_scale (an imported z80ai model).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.dataset import Pair
-from ..data.features import teacher_forced_examples
+from ..data.features import teacher_forced_examples, teacher_forced_prefixes
 from . import reference
 from .intmodel import IntModel
 
@@ -22,9 +23,14 @@ def _require(pairs: list[Pair]) -> None:
         raise ValueError("no pairs to evaluate")
 
 
-def example_accuracy(model: IntModel, x: np.ndarray, y: np.ndarray) -> float:
-    """Share of examples (inputs x, target indices y) the integer model predicts right."""
-    return float(np.mean(reference.predict(model, x) == y))
+def example_accuracy(model: IntModel, x: np.ndarray, y: np.ndarray, allowed: np.ndarray | None = None) -> float:
+    """Share of examples (inputs x, target indices y) the integer model predicts right; with `allowed`
+    (bool [N, symbols]) the choice is the largest logit among each example's allowed symbols (ties: the
+    lowest index), as reply-constrained decoding makes it."""
+    step_logits = reference.logits(model, x)
+    if allowed is not None:
+        step_logits = np.where(allowed, step_logits, np.iinfo(np.int64).min)
+    return float(np.mean(np.argmax(step_logits, axis=1) == y))
 
 
 def _cross_entropy(logits: np.ndarray, y: np.ndarray, logit_scale: float) -> float:
@@ -37,7 +43,7 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray, logit_scale: float) -> flo
 def teacher_forced_accuracy(model: IntModel, pairs: list[Pair]) -> float:
     _require(pairs)
     x, y = teacher_forced_examples(pairs, model.charset, model.features)
-    return example_accuracy(model, x, y)
+    return float(np.mean(reference.choices(model, reference.logits(model, x), teacher_forced_prefixes(pairs)) == y))
 
 
 def exact_match(model: IntModel, pairs: list[Pair]) -> float:
@@ -61,7 +67,7 @@ def evaluate(model: IntModel, pairs: list[Pair]) -> dict:
     logits = reference.logits(model, x)
     loss = None if model.logit_scale is None else _cross_entropy(logits, y, model.logit_scale)
     return {
-        "tf": float(np.mean(np.argmax(logits, axis=1) == y)),
+        "tf": float(np.mean(reference.choices(model, logits, teacher_forced_prefixes(pairs)) == y)),
         "em": exact_match(model, pairs),
         "loss": loss,
     }

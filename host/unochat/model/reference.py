@@ -5,7 +5,9 @@
     hidden: y = min(max(z, 0), ACT_MAX)    ReLU and saturation
     output: logits = z; next symbol = the first index of the maximum
 Generation starts with an empty context, appends the predicted character, and stops at EOS or after
-max_reply characters.
+max_reply characters. A model with stored replies decodes under model/replies.py's rule: only symbols
+that continue a stored reply are allowed, the network runs only where there are several, and the
+allowed symbol with the largest logit wins (ties: the lowest index).
 """
 from __future__ import annotations
 
@@ -43,8 +45,19 @@ def logits(model: IntModel, x: np.ndarray) -> np.ndarray:
     return forward(model, x)[-1]
 
 
-def predict(model: IntModel, x: np.ndarray) -> np.ndarray:
-    return np.argmax(logits(model, x), axis=1)  # np.argmax returns the first index of the maximum
+def predict(model: IntModel, x: np.ndarray, prefixes: list[str] | None = None) -> np.ndarray:
+    """The symbol chosen for each input: the free argmax, or for a model with stored replies the
+    constrained choice after each input's `prefix` (the reply so far, which the inputs' context encodes)."""
+    return choices(model, logits(model, x), prefixes)
+
+
+def choices(model: IntModel, step_logits: np.ndarray, prefixes: list[str] | None = None) -> np.ndarray:
+    """`choose` for every row of logits (free: the argmax; constrained: after each row's prefix)."""
+    if model.store is None:
+        return np.argmax(step_logits, axis=1)  # np.argmax returns the first index of the maximum
+    if prefixes is None or len(prefixes) != len(step_logits):
+        raise ValueError("a model with stored replies predicts from the reply so far: pass one prefix per input")
+    return np.array([choose(model, row, prefix) for row, prefix in zip(step_logits, prefixes)])
 
 
 @lru_cache(maxsize=65536)
@@ -52,11 +65,27 @@ def _context(generated: str, spec: FeatureSpec) -> np.ndarray:
     return context_features(generated, spec)
 
 
+def choose(model: IntModel, logits: np.ndarray, prefix: str) -> int:
+    """The next symbol for one step's logits: the first index of the maximum (free decoding), or of the
+    maximum over the symbols the store allows after `prefix`."""
+    if model.store is None:
+        return int(np.argmax(logits))  # np.argmax returns the first index of the maximum
+    allowed = allowed_symbols(model, prefix)
+    if not allowed:
+        return -1  # a prefix no stored reply starts with (teacher forcing a reply the store lacks)
+    return allowed[int(np.argmax(logits[allowed]))]  # allowed is in index order: ties go to the lowest
+
+
+def allowed_symbols(model: IntModel, prefix: str) -> list[int]:
+    """Charset indices the store allows after `prefix`, in index order (EOS, the last, for "")."""
+    return sorted(model.symbol_index[c] for c in model.store.allowed(prefix))
+
+
 def generate(model: IntModel, queries: list[str],
-             on_step: Callable[[list[int], np.ndarray, np.ndarray], None] | None = None) -> list[str]:
+             on_step: Callable[[list[str], np.ndarray, list[int]], None] | None = None) -> list[str]:
     """Replies to many (normalized) queries at once, step by step as the device generates them.
-    `on_step(active, logits, next)`, if given, sees every step: the indices of the queries still
-    generating, their logits and the symbols chosen."""
+    `on_step(prefixes, logits, chosen)`, if given, sees every step that runs the network: the replies so
+    far of the queries it ran for, their logits and the symbols chosen."""
     spec = model.features
     q = [query_features(text, spec) for text in queries]
     replies = [""] * len(queries)
@@ -64,18 +93,37 @@ def generate(model: IntModel, queries: list[str],
     for _ in range(model.max_reply):
         if not active:
             break
-        x = np.stack([np.concatenate([q[i], _context(replies[i], spec)]) for i in active])
-        step_logits = logits(model, x)
-        nxt = np.argmax(step_logits, axis=1)  # the first index of the maximum
-        if on_step is not None:
-            on_step(active, step_logits, nxt)
+        chosen: dict[int, int] = {}
+        network = []
+        for i in active:
+            if model.store is not None and len(only := allowed_symbols(model, replies[i])) == 1:
+                chosen[i] = only[0]  # nothing to choose: the network does not run
+            else:
+                network.append(i)
+        if network:
+            x = np.stack([np.concatenate([q[i], _context(replies[i], spec)]) for i in network])
+            step_logits = logits(model, x)
+            picks = [choose(model, row, replies[i]) for i, row in zip(network, step_logits)]
+            chosen.update(zip(network, picks))
+            if on_step is not None:
+                on_step([replies[i] for i in network], step_logits, picks)
         still = []
-        for i, k in zip(active, nxt):
-            if k != model.eos:
-                replies[i] += model.charset[k]
+        for i in active:
+            if chosen[i] != model.eos:
+                replies[i] += model.charset[chosen[i]]
                 still.append(i)
         active = still
     return replies
+
+
+def network_steps(model: IntModel, reply: str) -> int:
+    """How many steps of generating `reply` run the network: every step (each character and the one that
+    finds EOS; none after max_reply characters), or under reply-constrained decoding only those where the
+    store leaves a choice."""
+    steps = range(len(reply) + (len(reply) < model.max_reply))
+    if model.store is None:
+        return len(steps)
+    return sum(len(model.store.allowed(reply[:k])) > 1 for k in steps)
 
 
 def reply(model: IntModel, query: str) -> str:

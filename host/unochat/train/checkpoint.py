@@ -85,7 +85,9 @@ def save_trained(
     check_checkpoint_path(out_path)
     out_path = Path(out_path)
     features = config.features
-    int_model = export_int_model(model, data.charset, features, name=out_path.stem)
+    replies = list(data.store.replies) if data.store is not None else None
+    int_model = export_int_model(model, data.charset, features, name=out_path.stem, max_reply=data.reply_limit,
+                                 replies=replies)
     metrics = {
         "train": evaluate(int_model, data.train_pairs),
         "heldout": evaluate(int_model, data.held_pairs) if data.held_pairs else None,
@@ -94,7 +96,8 @@ def save_trained(
     int_model.meta = {
         "source": "unochat train",
         "config": config.to_dict(),
-        "dataset": {"path": str(data_path), "digest": data.dataset.digest, "pairs": len(data.dataset.pairs)},
+        "dataset": {"path": str(data_path), "digest": data.dataset.digest, "pairs": len(data.dataset.pairs),
+                    "given_up": data.given_up},
         "best_epoch": fitted.best_epoch,
         "metrics": metrics,
         "seconds": seconds,
@@ -118,6 +121,8 @@ def save_trained(
         "seconds": seconds,
         "history": fitted.history,
         "int_meta": int_model.meta,
+        "max_reply": int_model.max_reply,
+        "replies": replies,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out_path)
@@ -142,7 +147,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def int_model_from_checkpoint(path: str | Path) -> IntModel:
     """The integer model of a .pt checkpoint (identical to the .npz train() wrote beside it)."""
     ck = load_checkpoint(path)
-    return export_int_model(ck.model, ck.charset, ck.features, name=Path(path).stem, meta=ck.info.get("int_meta"))
+    limit = {"max_reply": ck.info["max_reply"]} if "max_reply" in ck.info else {}  # older checkpoints: the default
+    return export_int_model(ck.model, ck.charset, ck.features, name=Path(path).stem, meta=ck.info.get("int_meta"),
+                            replies=ck.info.get("replies"), **limit)
 
 
 def load_model(path: str | Path | None = None) -> IntModel:

@@ -11,6 +11,7 @@ from ..data.features import FeatureSpec
 from ..model import formats
 from ..model.intmodel import MAX_WIDTH
 
+DECODINGS = ("free", "replies")  # model/replies.py: "replies" keeps generation to the stored replies
 # Pruning criteria (train/prune.py): l1_std, the default, l1_mean (the original experiment's) and gamma.
 CRITERIA = ("l1_std", "l1_mean", "gamma")
 
@@ -34,6 +35,9 @@ class TrainConfig:
     # seeded query variants per training pair (augment.py); the metrics stay on the real pairs.
     # Measured in README, "Held-out quality".
     augment: int = 0
+    # "replies": reply-constrained decoding (model/replies.py), trained where the store branches; "free"
+    decoding: str = "free"
+    store_bytes: int | None = None  # the reply store's flash budget (None: every training reply)
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
@@ -53,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"augment is a number of variants per pair, got {self.augment}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding is one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+        if self.store_bytes is not None and (self.store_bytes < 1 or self.decoding != "replies"):
+            raise ValueError("a store budget (store_bytes > 0) goes with reply-constrained decoding")
 
     def to_dict(self) -> dict:
         return asdict(self)  # features becomes a plain dict too

@@ -22,46 +22,49 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import Pair, recorded_dataset
-from ..data.features import teacher_forced_examples
+from ..data.dataset import recorded_dataset
 from ..model import reference
 from ..model.intmodel import IntModel
 from .checkpoint import TrainResult, load_checkpoint, save_trained
 from .config import FineTune, PairFocus
-from .fit import FitResult, fit
+from .fit import NOT_ALLOWED, FitResult, fit
 from .prune import neuron_scores, prune_model, recalibrate_batchnorm, requantize, select_neurons
 from .qat import QuantMLP
-from .trainset import load_training_data, training_pairs
+from .trainset import Examples, load_training_data, training_examples, training_pairs, with_store
 
 WEIGHT_BATCH = 4096  # examples per forward pass when weighing pairs
 
 
-def pair_index(pairs: list[Pair]) -> np.ndarray:
-    """The pair each teacher-forced example belongs to (features.teacher_forced_examples' order:
-    pair by pair, one example per response character and one for EOS)."""
-    return np.repeat(np.arange(len(pairs)), [len(p.response) + 1 for p in pairs])
+def whole_pairs_right(int_model: IntModel, examples: Examples) -> float:
+    """Share of pairs whose every training step the integer model predicts right (among the allowed
+    symbols where the store limits them). Generation follows the true reply as long as every step is
+    right, so this is the exact match (EM) of model/metrics.py, except for a reply as long as the reply
+    limit, which generation ends without predicting EOS."""
+    step_logits = reference.logits(int_model, examples.x)
+    if examples.allowed is not None:
+        step_logits = np.where(examples.allowed, step_logits, np.iinfo(np.int64).min)
+    wrong = np.argmax(step_logits, axis=1) != examples.y
+    return float(np.mean(np.bincount(examples.pairs_of, weights=wrong, minlength=examples.pairs_of.max() + 1) == 0))
 
 
-def whole_pairs_right(int_model: IntModel, x: np.ndarray, y: np.ndarray, pairs_of: np.ndarray) -> float:
-    """Share of pairs whose every teacher-forced step the integer model predicts right. Generation follows
-    the true reply as long as every step is right, so this is the exact match (EM) of metrics.py, except
-    for a 50-character reply, which generation ends without predicting EOS."""
-    wrong = np.bincount(pairs_of, weights=reference.predict(int_model, x) != y, minlength=pairs_of.max() + 1)
-    return float(np.mean(wrong == 0))
-
-
-def focus_weights(focus: PairFocus, x: np.ndarray, y: np.ndarray,
-                  pairs_of: np.ndarray) -> Callable[[QuantMLP], torch.Tensor]:
+def focus_weights(focus: PairFocus, examples: Examples) -> Callable[[QuantMLP], torch.Tensor]:
     """fit()'s `weights` hook for PairFocus (train/config.py): before every epoch, each pair's examples
-    weigh floor + (1 - floor) * P^beta / mean(P^beta), P the float model's probability of the whole reply."""
-    inputs, targets = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    index = torch.as_tensor(pairs_of)
-    n_pairs = int(pairs_of.max()) + 1
+    weigh floor + (1 - floor) * P^beta / mean(P^beta), P the float model's probability of the whole reply
+    (over the allowed symbols, where the store limits them)."""
+    inputs, targets = torch.as_tensor(examples.x, dtype=torch.float32), torch.as_tensor(examples.y)
+    masked = None if examples.allowed is None else ~torch.as_tensor(examples.allowed, dtype=torch.bool)
+    index = torch.as_tensor(examples.pairs_of)
+    n_pairs = int(examples.pairs_of.max()) + 1
+
+    def logits(model: QuantMLP, rows: slice) -> torch.Tensor:
+        out = model(inputs[rows])
+        return out if masked is None else out.masked_fill(masked[rows], NOT_ALLOWED)
 
     @torch.no_grad()
     def weigh(model: QuantMLP) -> torch.Tensor:
         model.eval()
-        log_p = torch.cat([F.log_softmax(model(b), dim=1) for b in inputs.split(WEIGHT_BATCH)])
+        batches = [slice(i, i + WEIGHT_BATCH) for i in range(0, len(targets), WEIGHT_BATCH)]
+        log_p = torch.cat([F.log_softmax(logits(model, rows), dim=1) for rows in batches])
         step = log_p[torch.arange(len(targets)), targets].double()
         whole = torch.zeros(n_pairs, dtype=torch.float64).index_add_(0, index, step)
         w = torch.exp(focus.beta * (whole - whole.max()))  # P^beta, scaled to avoid underflow
@@ -90,22 +93,22 @@ def derive(
     ck = load_checkpoint(parent_path)
     # the parent's data, found as bench finds a model's (else its recorded path, for the error to name)
     data_path = data_path or recorded_dataset(ck.info) or ck.info["dataset"]["path"]
-    data = load_training_data(data_path, ck.config.heldout, charset=ck.charset)
-    pairs = training_pairs(data, ck.config)
-    xy = teacher_forced_examples(pairs, ck.charset, ck.features)
-    model = change(ck.model, xy[0])
+    data = with_store(load_training_data(data_path, ck.config.heldout, charset=ck.charset), ck.config)
+    examples = training_examples(training_pairs(data, ck.config), ck.charset, ck.config, data.store)
+    xy = examples.x, examples.y
+    model = change(ck.model, examples.x)
     config = tune.config(ck.config, [block.linear.weight.shape[0] for block in model.hidden],
                          [layer.fmt for layer in model.linears])
     hooks = {}
     if tune.focus is not None:
-        pairs_of = pair_index(pairs)
-        hooks = {"weights": focus_weights(tune.focus, *xy, pairs_of),
-                 "score": lambda int_model: whole_pairs_right(int_model, *xy, pairs_of)}
-    fitted = fit(model, xy, config, ck.charset, ck.features, progress=progress, **hooks)
+        hooks = {"weights": focus_weights(tune.focus, examples),
+                 "score": lambda int_model: whole_pairs_right(int_model, examples)}
+    fitted = fit(model, xy, config, ck.charset, ck.features, progress=progress, allowed=examples.allowed, **hooks)
     for _ in range(tune.restarts):
         best_state = copy.deepcopy(model.state_dict())
         cycle = replace(config, epochs=tune.restart_epochs, lr=tune.restart_lr)
-        again = fit(model, xy, cycle, ck.charset, ck.features, progress=progress, **hooks)
+        again = fit(model, xy, cycle, ck.charset, ck.features, progress=progress, allowed=examples.allowed,
+                    **hooks)
         improved = again.best_score > fitted.best_score
         fitted = merge_cycles(fitted, again)
         if not improved:

@@ -68,9 +68,14 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [b for b in order.split(batch_size) if len(b) >= 2]
 
 
-def integer_accuracy(model: QuantMLP, charset: str, features: FeatureSpec, x: np.ndarray, y: np.ndarray) -> float:
-    """Export the model as it stands (BatchNorm running statistics) and measure TF with reference.py."""
-    return example_accuracy(export_int_model(model, charset, features), x, y)
+def integer_accuracy(model: QuantMLP, charset: str, features: FeatureSpec, x: np.ndarray, y: np.ndarray,
+                     allowed: np.ndarray | None = None) -> float:
+    """Export the model as it stands (BatchNorm running statistics) and measure its accuracy on the
+    examples with the reference (model/reference.py): among each example's `allowed` symbols, if given."""
+    return example_accuracy(export_int_model(model, charset, features), x, y, allowed)
+
+
+NOT_ALLOWED = -1e9  # a logit no softmax gives weight to: what reply-constrained decoding can never choose
 
 
 def fit(
@@ -84,17 +89,21 @@ def fit(
     after_step: Callable[[QuantMLP], None] | None = None,
     weights: Callable[[QuantMLP], torch.Tensor] | None = None,
     score: Callable[[IntModel], float] | None = None,
+    allowed: np.ndarray | None = None,
 ) -> FitResult:
     """Train `model` in place; on return it holds the state with the best integer score on `train_xy`.
 
     `after_step(model)` runs after every optimizer step (after the 1bit clip), e.g. to re-apply a pruning mask.
     `weights(model)`, if given, runs before every epoch and returns one loss weight per training example.
     `score(int_model)`, if given, replaces the integer TF as the figure that picks the best state (it is
-    what the history's "tf" and best_score then hold)."""
+    what the history's "tf" and best_score then hold).
+    `allowed` (bool [N, symbols]), if given, limits each example to the symbols reply-constrained decoding
+    may choose there: the loss is the cross-entropy among them, and the integer accuracy too."""
     use_available_threads()
     start = time.perf_counter()
     x_int, y_int = np.asarray(train_xy[0]), np.asarray(train_xy[1])
     x, y = torch.as_tensor(x_int, dtype=torch.float32), torch.as_tensor(y_int, dtype=torch.int64)
+    masked = None if allowed is None else ~torch.as_tensor(allowed, dtype=torch.bool)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = len(_batches(torch.arange(len(y)), config.batch_size))
     total_steps = config.epochs * steps_per_epoch
@@ -115,6 +124,8 @@ def fit(
                 group["lr"] = _cosine_lr(config.lr, step, total_steps)
             model.set_quant_mix(quant_mix(step, warmup_steps))
             logits = model(x[batch])
+            if masked is not None:
+                logits = logits.masked_fill(masked[batch], NOT_ALLOWED)
             if example_weights is None:
                 loss = F.cross_entropy(logits, y[batch])
             else:
@@ -132,7 +143,7 @@ def fit(
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             # the exported model is always fully quantized, whatever the blend during warm-up
             if score is None:
-                record["tf"] = integer_accuracy(model, charset, features, x_int, y_int)
+                record["tf"] = integer_accuracy(model, charset, features, x_int, y_int, allowed)
             else:
                 record["tf"] = score(export_int_model(model, charset, features))
             if record["tf"] > best_score:

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.dataset import MAX_REPLY
 from ..data.features import FeatureSpec
 from ..model import formats
 from ..model.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel, ModelError
@@ -40,6 +39,7 @@ ACT_LEVELS = 255  # uint8 activations
 INIT_RANGE = 0.1  # latent weights start uniform in (-0.1, 0.1), as in the recipe
 INIT_STEP = 8.0 / ACT_LEVELS  # after BatchNorm, 8 standard deviations fit the uint8 range
 MAX_SHIFT = 30  # IntModel's limit
+Z80AI_REPLY_LIMIT = 50  # a model's reply limit when none is given (training sets it from its data)
 TINY = 1e-12  # keeps the scale of an all-zero row (a pruned neuron) finite
 
 
@@ -242,7 +242,8 @@ def _fold_output(weight: np.ndarray, real_mult: np.ndarray, real_bias: np.ndarra
 
 @torch.no_grad()
 def export_int_model(
-    model: QuantMLP, charset: str, features: FeatureSpec, name: str = "model", meta: dict | None = None
+    model: QuantMLP, charset: str, features: FeatureSpec, name: str = "model", meta: dict | None = None,
+    max_reply: int = Z80AI_REPLY_LIMIT, replies: list[str] | None = None,
 ) -> IntModel:
     """The integer model the float model (in eval mode: BatchNorm running statistics) stands for."""
     layers = []
@@ -262,10 +263,11 @@ def export_int_model(
         layers=layers,
         charset=charset,
         features=features,
-        max_reply=MAX_REPLY,
+        max_reply=max_reply,
         name=name,
         logit_scale=logit_scale,
         meta=dict(meta or {}),
+        replies=replies,
     )
     int_model.validate()
     return int_model

@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..data.features import teacher_forced_examples
 from .checkpoint import TrainResult, check_checkpoint_path, save_trained
 from .config import TrainConfig
 from .fit import fit, new_model
-from .trainset import load_training_data, training_pairs
+from .trainset import load_training_data, training_examples, training_pairs, with_store
 
 
 def train(
@@ -17,10 +16,11 @@ def train(
     """Train from scratch; `meta` adds to the integer model's meta (save_trained)."""
     start = time.perf_counter()
     check_checkpoint_path(out_path)
-    data = load_training_data(data_path, config.heldout)
-    xy = teacher_forced_examples(training_pairs(data, config), data.charset, config.features)
+    data = with_store(load_training_data(data_path, config.heldout), config)
+    examples = training_examples(training_pairs(data, config), data.charset, config, data.store)
     model = new_model(config, len(data.charset))
-    fitted = fit(model, xy, config, data.charset, config.features, progress=progress)
+    fitted = fit(model, (examples.x, examples.y), config, data.charset, config.features, progress=progress,
+                 allowed=examples.allowed)
     return save_trained(model, fitted, config, data, data_path, out_path, start, meta=meta)
 
 
