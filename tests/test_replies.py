@@ -178,3 +178,23 @@ def test_constrained_decoding_on_the_virtual_uno(build) -> None:
         assert [client.reply(q) for q in queries] == expected
         timed = client.timed_reply(queries[0])
     assert timed.reply == expected[0]
+
+
+def test_the_store_gets_what_the_board_leaves(tmp_path, capsys) -> None:
+    """`--store-bytes fit`: the budget is what the UNO leaves beside the model's smallest fast plan, the
+    config records it, and the model built with the planner's own plan fits."""
+    from unochat.codegen.plan import flash_bytes, plan_layers, store_room
+    from unochat.data.features import FeatureSpec
+
+    room = store_room(FeatureSpec(), [64, 32], ["1bit"] * 3, 41)
+    assert 10_000 < room < 32_256
+    data = tmp_path / "c.txt"
+    data.write_text("".join(f"{p.query}|{p.response}\n" for p in DEFAULT_PAIRS[::9]))
+    out = tmp_path / "m.pt"
+    assert cli.main(["train", "--data", str(data), "--hidden", "64,32", "--epochs", "1", "--decoding", "replies",
+                     "--store-bytes", "fit", "--out", str(out)]) == 0
+    model = IntModel.load(out.with_suffix(".npz"))
+    assert model.meta["config"]["store_bytes"] == store_room(FeatureSpec(), [64, 32], ["1bit"] * 3, len(model.charset))
+    assert flash_bytes(model, plan_layers(model)) <= 32_256
+    assert cli.main(["train", "--data", str(data), "--store-bytes", "fit", "--out", str(out)]) == 2
+    assert "goes with --decoding replies" in capsys.readouterr().err

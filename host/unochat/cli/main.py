@@ -62,6 +62,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _store_bytes(text: str) -> int | str:
+    return text if text == "fit" else _positive(text)
+
+
 def _ratios(text: str) -> list[float]:
     try:
         ratios = [float(t) for t in text.split(",") if t.strip()]
@@ -107,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.scratch import train
 
     with _settings_errors():
+        if args.store_bytes is not None and args.decoding != "replies":
+            raise ValueError("--store-bytes sizes the reply store: it goes with --decoding replies")
         config = TrainConfig(
             hidden=args.hidden,
             formats=formats.parse_formats(args.bits, len(args.hidden) + 1),
@@ -120,9 +126,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             augment=args.augment,
             decoding=args.decoding,
-            store_bytes=args.store_bytes,
+            store_bytes=None if args.store_bytes in (None, "fit") else args.store_bytes,
         )
-        result = train(args.data, config, Path(args.out))
+        room = None
+        if args.store_bytes == "fit":
+            from ..codegen.plan import store_room
+
+            room = functools.partial(store_room, config.features, config.hidden, config.formats)
+        result = train(args.data, config, Path(args.out), store_room=room)
     print(result.summary())
     return 0
 
@@ -421,9 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoding", choices=DECODINGS, default=TRAIN.decoding,
                    help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
                         "corpora\"); free: any string (default)")
-    p.add_argument("--store-bytes", type=_positive, metavar="B",
-                   help="with --decoding replies: the reply store's flash budget; the replies serving the most "
-                        "pairs per byte are kept (default: every reply)")
+    p.add_argument("--store-bytes", type=_store_bytes, metavar="B|fit",
+                   help="with --decoding replies: the reply store's flash budget, or `fit`: what the UNO leaves "
+                        "beside the model; the replies serving the most pairs per byte are kept (default: every "
+                        "reply)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
     p.set_defaults(func=cmd_train)
 

@@ -21,12 +21,15 @@ estimated here (`sram_bytes`, `flash_bytes`) and checked on the real ELF by unoc
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 
 from ..boards import UNO, Board
+from ..data.features import FeatureSpec
+from ..model import formats
 from ..model.density import default_density
-from ..model.intmodel import IntModel
+from ..model.intmodel import IntLayer, IntModel
 from ..model.replies import encode
 from .kernels import KERNEL_FRAME, SUMS_BYTES, LayerKernel, candidate_kernels, layer_cycles, requant_mode
 from .layout import (
@@ -57,6 +60,7 @@ FAST_LAYER_FLASH, C_LAYER_FLASH = 260, 310
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
 STORE_CODE_FLASH = 600  # the reply store's decoder and its step (unochat_model.c.j2), rounded up
 STORE_STATE = 9  # the decoder's cursor in unochat_state_t
+UNROLLS = (UNROLL, 8, 4)  # the unrolls the plan tries, fastest first
 
 
 def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
@@ -129,7 +133,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
         return Plan(kernels, cached, density, skip, pair8, unroll, note)
 
     for skip_zeros in (skip, [False] * n):  # thresholds save more cycles than unrolling does
-        for unroll in (UNROLL, 8, 4):
+        for unroll in UNROLLS:
             candidate = make_plan(kernels, skip_zeros, unroll)
             if flash_bytes(model, candidate) <= board.flash_limit:
                 return candidate
@@ -148,3 +152,21 @@ def plan_for(model: IntModel, kernels: str = "fast", density: list[float] | None
     if kernels not in KERNEL_PATHS:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_PATHS)}, got {kernels!r}")
     return c_plan(model) if kernels == "c" else plan_layers(model, density, board)
+
+
+def store_room(features: FeatureSpec, hidden: list[int], layer_formats: list[str], n_outputs: int,
+               board: Board = UNO) -> int:
+    """Flash a reply store may take beside a model of this shape on `board`: what the model's smallest fast
+    plan (the least unrolled, no zero thresholds) leaves, its tables sized at their widest (16-bit
+    multipliers, 32-bit biases), the store's decoder counted. The planner then gives the model the fastest
+    plan that fits beside the store (at least this one)."""
+    sizes = [features.n_inputs, *hidden, n_outputs]
+    layers = [IntLayer(fmt, np.full((n_out, n_in), formats.get(fmt).hi, dtype=np.int8),
+                       np.arange(1, n_out + 1, dtype=np.int64), np.full(n_out, 2**20, dtype=np.int64), 30,
+                       None if i == len(layer_formats) - 1 else "u8")
+              for i, (fmt, n_in, n_out) in enumerate(zip(layer_formats, sizes, sizes[1:]))]
+    charset = "".join(chr(ord(" ") + k) for k in range(n_outputs - 1)) + "\x00"  # only its size matters
+    placeholder = IntModel(layers, charset, features, name="placeholder")
+    fastest = plan_layers(placeholder, board=replace(board, flash_limit=2**31))
+    smallest = replace(fastest, unroll=UNROLLS[-1], skip_zeros=[False] * len(layers))
+    return board.flash_limit - flash_bytes(placeholder, smallest) - STORE_CODE_FLASH

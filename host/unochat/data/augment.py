@@ -187,3 +187,28 @@ def augment_pairs(pairs: list[Pair], config: AugmentConfig) -> list[Pair]:
             seen.add(variant.lower())
             out.append(Pair(variant, pair.response, pair.line))
     return out
+
+
+# The ways a person types the same query differently (the benchmark's robustness figure): its case, its
+# end punctuation, its spacing, one typo.
+TYPED_DIFFERENTLY = ("case", "punct", "spacing", "typo")
+
+
+def typed_differently(query: str, kind: str, rng: np.random.Generator) -> str:
+    """`query` typed differently in one way (TYPED_DIFFERENTLY), normalized as the device normalizes a
+    line; may return the query unchanged (a typo needs a word of 3+ letters)."""
+    if kind == "case":
+        shapes = (str.upper, str.lower, str.capitalize, str.swapcase)
+        variant = shapes[int(rng.integers(len(shapes)))](query)
+    elif kind == "spacing":
+        gaps = [i for i, c in enumerate(query) if c == " "]
+        if gaps:  # one space doubled
+            i = gaps[int(rng.integers(len(gaps)))]
+            variant = query[:i] + " " + query[i:]
+        else:  # a space before the end punctuation, or after the query (stripped: no change)
+            variant = query[:-1] + " " + query[-1] if query[-1] in TRAILING else query
+    elif kind in ("punct", "typo"):
+        variant = augment_query(query, kind, rng)
+    else:
+        raise ValueError(f"unknown way to type a query {kind!r}: use {', '.join(TYPED_DIFFERENTLY)}")
+    return normalize_query(variant)

@@ -26,10 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..board.client import connect
 from ..board.flash import flash
 from ..boards import UNO
-from ..data.dataset import Pair, load_dataset, recorded_dataset, training_split
+from ..data.augment import TYPED_DIFFERENTLY, typed_differently
+from ..data.dataset import Dataset, Pair, load_dataset, recorded_dataset, training_split
 from ..firmware.build import build_firmware
 from ..firmware.project import firmware_project
 from ..firmware.size import BudgetError, SizeReport, avr_size, check_budget
@@ -59,6 +62,13 @@ class BenchRow:
     tf_heldout: float | None = None
     em_heldout: float | None = None
     heldout_model: str | None = None  # the model the held-out figures come from
+    decoding: str = "free"  # or "replies": reply-constrained, `stored` replies on the device
+    stored: int | None = None
+    corpus_pairs: int = 0  # every pair of the corpus, refused lines included
+    held_pairs: int = 0  # the pairs the model can answer: its reply stored (constrained) or spellable (free)
+    em_corpus: float = 0.0  # exact matches over corpus_pairs
+    em_held: float = 0.0  # exact matches over held_pairs
+    typed_same: float | None = None  # share of queries typed differently (case, punctuation, spacing, a typo) whose reply stays the same
     flash_bytes: int | None = None
     sram_bytes: int | None = None
     fits: bool | None = None
@@ -133,15 +143,44 @@ def heldout_twin(path: Path, model: IntModel) -> tuple[Path, IntModel] | None:
     return None
 
 
+def corpus_figures(model: IntModel, dataset: Dataset, seed: int = 0) -> dict:
+    """EM over every pair of the corpus (a refused line is a pair no model answers) and over the pairs the
+    model holds, and the share of queries that keep their reply when typed differently (one variant of
+    each kind of data.augment.TYPED_DIFFERENTLY per distinct query, seeded)."""
+    pairs = dataset.pairs
+    spellable = set(model.charset[:-1])
+    if model.store is None:
+        held = [set(p.response) <= spellable for p in pairs]
+    else:
+        held = [p.response in model.store for p in pairs]
+    queries = list(dict.fromkeys(p.query for p in pairs))
+    replies = dict(zip(queries, reference.generate(model, queries)))
+    right = [replies[p.query] == p.response for p in pairs]
+    rng = np.random.default_rng(seed)
+    variants = [(q, v) for q in queries for kind in TYPED_DIFFERENTLY
+                if (v := typed_differently(q, kind, rng)) != q and v]
+    variant_replies = reference.generate(model, [v for _, v in variants])
+    same = [replies[q] == r for (q, _), r in zip(variants, variant_replies)]
+    return {
+        "corpus_pairs": len(pairs) + len(dataset.problems),
+        "held_pairs": sum(held),
+        "em_corpus": sum(right) / (len(pairs) + len(dataset.problems)),
+        "em_held": sum(r for r, h in zip(right, held) if h) / max(sum(held), 1),
+        "typed_same": float(np.mean(same)) if same else None,
+    }
+
+
 def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_examples: int) -> BenchRow:
     data_path = dataset_path(model, data)
+    corpus = load_dataset(data_path)
     pairs = load_dataset(data_path, charset=model.charset[:-1]).pairs  # pairs it cannot spell are skipped
     trained_on, held = split(model, pairs)
     m = evaluate(model, trained_on)
     row = BenchRow(
         name=path.stem, dataset=dataset_label(data_path), model=str(path), shape=model.shape, bits=_bits(model),
         params=model.params(), pairs=len(trained_on), tf=m["tf"], em=m["em"], loss=m["loss"],
-        train_seconds=model.meta.get("total_seconds"),
+        train_seconds=model.meta.get("total_seconds"), decoding=model.decoding,
+        stored=len(model.replies) if model.replies is not None else None, **corpus_figures(model, corpus),
     )
     source: tuple[Path, IntModel] | None = (path, model) if held else heldout_twin(path, model)
     if source is not None:

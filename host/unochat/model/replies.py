@@ -176,13 +176,26 @@ def encode(store: ReplyStore, charset: str) -> EncodedStore:
     )
 
 
+def servable(pairs: list[Pair]) -> Counter:
+    """reply -> the pairs it can answer right: a query (as the features see it, lower-case) that has
+    several replies is answered by one, so only its most common reply (the first on ties) counts."""
+    by_query: dict[str, Counter] = {}
+    for p in pairs:
+        by_query.setdefault(p.query.lower(), Counter())[p.response] += 1
+    worth: Counter = Counter()
+    for replies in by_query.values():
+        reply, n = replies.most_common(1)[0]
+        worth[reply] += n
+    return worth
+
+
 def select_replies(pairs: list[Pair], charset: str, budget: int | None = None) -> ReplyStore:
     """The store of the pairs' replies, or, within `budget` bytes (EncodedStore.nbytes), of the replies that
-    serve the most pairs per byte: a reply's worth is the pairs that have it, its cost about its coded
-    length (4.6 bits a character and 2 bytes a reply, as measured on ChatterBot; the budget is checked on
-    the real encoding)."""
-    worth = Counter(p.response for p in pairs)
-    ranked = sorted(worth, key=lambda r: (-worth[r] / (2 + 0.575 * len(r)), r))
+    serve the most pairs per byte: a reply's worth is the pairs it can answer right (`servable`), its cost
+    about its coded length (4.6 bits a character and 2 bytes a reply, as measured on ChatterBot; the budget
+    is checked on the real encoding). Replies that answer no pair right go last."""
+    worth = servable(pairs)
+    ranked = sorted({p.response for p in pairs}, key=lambda r: (-worth[r] / (2 + 0.575 * len(r)), r))
     if budget is None or encode(ReplyStore(ranked), charset).nbytes <= budget:
         return ReplyStore(ranked)
     fits, too_many = 0, len(ranked)  # the largest prefix of the ranking that fits: binary search
