@@ -81,15 +81,15 @@ def test_sram_gives_up_lists_before_the_cache() -> None:
 
 
 def test_wide_model_fits_only_with_the_c_kernels() -> None:
-    # 256-384-192-41, 1-bit: 26 KB of tables leave too little flash for the fast path's code
-    model = random_model(1, ["1bit"] * 3, [384, 192])
+    # 256-400-192-41, 1-bit: 27 KB of tables leave too little flash for the fast path's code
+    model = random_model(1, ["1bit"] * 3, [400, 192])
     plan = plan_layers(model, [0.15, 0.3, 0.3])
     assert [k.loop for k in plan.kernels] == ["c", "c", "c"]
     assert flash_bytes(model, plan) <= UNO.flash_limit
 
 
 def test_flash_falls_back_to_smaller_kernels() -> None:
-    model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [240, 128, 96])
+    model = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 128, 96])
     density = [0.15, 0.3, 0.3, 0.3]
     plan = plan_layers(model, density)
     assert flash_bytes(model, plan) <= UNO.flash_limit
@@ -99,6 +99,11 @@ def test_flash_falls_back_to_smaller_kernels() -> None:
     assert flash_bytes(model, with_thresholds) > UNO.flash_limit
     assert plan.unroll == 8 and not any(plan.skip_zeros)
     assert flash_bytes(model, replace(plan, unroll=16)) > UNO.flash_limit
+    # a little wider: 4 copies do not fit without thresholds either, 2 do not, 1 does
+    wider = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 146, 96])
+    plan = plan_layers(wider, density)
+    assert plan.unroll == 1 and not any(plan.skip_zeros) and plan.kernels[0].loop == "list"
+    assert flash_bytes(wider, plan) <= UNO.flash_limit < flash_bytes(wider, replace(plan, unroll=2))
 
 
 def test_density_from_the_model_else_a_stated_default() -> None:
@@ -298,7 +303,7 @@ def test_flash_fallback_holds_on_the_real_elf(build_plan: Callable) -> None:
     """The wide model of test_wide_model_fits_only_with_the_c_kernels, built: even the smallest fast plan
     (dense, unrolled 4 times, no thresholds, no cache) is over the flash limit on the real ELF, as the
     estimate said; the generator's own plan (the C kernels) fits and is bit-exact."""
-    model = random_model(1, ["1bit"] * 3, [384, 192])
+    model = random_model(1, ["1bit"] * 3, [400, 192])
     smallest = _plan(*[LayerKernel("1bit", dense_)] * 3, cache=False, unroll=4)
     assert flash_bytes(model, smallest) > UNO.flash_limit
     with pytest.raises(BudgetError) as over:

@@ -27,6 +27,80 @@
 
 #include "unochat_model.h" /* firmware/generated/, on the include path (platformio.ini) */
 
+/* ---- UART: USART0 at 115200 8N1 ---------------------------------------------------------------------
+ * Our own few lines instead of the Arduino core's Serial (HardwareSerial and Print: about 1.2 KB of flash
+ * and 157 B of SRAM): received bytes go into a 64-byte ring (63 usable, as the core's), bytes to send
+ * are written straight into the data register once it is empty. So no transmit interrupt ever lands in
+ * a timed step, and a character of a reply costs the wait for the previous one only if generation
+ * outruns the line (87 us a byte). */
+#define RX_SIZE 64
+static volatile uint8_t rx_ring[RX_SIZE];
+static volatile uint8_t rx_head, rx_tail;
+
+ISR(USART_RX_vect)
+{
+    uint8_t byte = UDR0, next = (uint8_t)((rx_head + 1) & (RX_SIZE - 1));
+    if (next != rx_tail) { /* a full ring drops the byte, as the core's does */
+        rx_ring[rx_head] = byte;
+        rx_head = next;
+    }
+}
+
+static void uart_begin()
+{
+    UCSR0A = _BV(U2X0); /* before UBRR0: 16 MHz / 8 / (16 + 1) = 117,647 baud, 2.1% off 115,200 */
+    UBRR0 = 16;
+    UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);
+    UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
+}
+
+static bool uart_available() { return rx_head != rx_tail; }
+
+static uint8_t uart_read()
+{
+    uint8_t byte = rx_ring[rx_tail];
+    rx_tail = (uint8_t)((rx_tail + 1) & (RX_SIZE - 1));
+    return byte;
+}
+
+static bool sent; /* simavr raises UDRE0 only once a byte went out (silicon sets it at reset) */
+
+static void put(uint8_t byte)
+{
+    if (sent)
+        while (!(UCSR0A & _BV(UDRE0))) {}
+    UDR0 = byte;
+    sent = true;
+}
+
+static void put_P(const char *text) /* a string in program memory (PSTR) */
+{
+    for (uint8_t c; (c = pgm_read_byte(text)); text++) put(c);
+}
+
+static void put_u32(uint32_t v)
+{
+    char digits[10];
+    uint8_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) put(digits[--n]);
+}
+
+static void put_i32(int32_t v)
+{
+    if (v < 0) put('-');
+    put_u32(v < 0 ? 0u - (uint32_t)v : (uint32_t)v); /* INT32_MIN too */
+}
+
+static void newline()
+{
+    put('\r');
+    put('\n');
+}
+
 /* ---- cycle counter: Timer1 at the CPU clock, extended to 32 bits by its overflow interrupt -------- */
 static volatile uint16_t timer1_overflows;
 
@@ -107,101 +181,105 @@ static uint16_t free_least()
 /* ---- output ------------------------------------------------------------------------------------- */
 static void print_info()
 {
-    Serial.print(F("!i unochat=" UNOCHAT_VERSION " "));
-    Serial.print((const __FlashStringHelper *)unochat_model_info);
-    Serial.print(F(" inputs=" ));
-    Serial.print(UNOCHAT_N_INPUTS);
-    Serial.print(F(" outputs="));
-    Serial.print(UNOCHAT_N_OUTPUTS);
-    Serial.print(F(" max_query="));
-    Serial.print(UNOCHAT_MAX_QUERY);
-    Serial.print(F(" max_reply="));
-    Serial.print(UNOCHAT_MAX_REPLY);
-    Serial.print(F(" f_cpu="));
-    Serial.println(F_CPU);
+    put_P(PSTR("!i unochat=" UNOCHAT_VERSION " "));
+    put_P(unochat_model_info);
+    put_P(PSTR(" inputs="));
+    put_u32(UNOCHAT_N_INPUTS);
+    put_P(PSTR(" outputs="));
+    put_u32(UNOCHAT_N_OUTPUTS);
+    put_P(PSTR(" max_query="));
+    put_u32(UNOCHAT_MAX_QUERY);
+    put_P(PSTR(" max_reply="));
+    put_u32(UNOCHAT_MAX_REPLY);
+    put_P(PSTR(" f_cpu="));
+    put_u32(F_CPU);
+    newline();
 }
 
 static void print_layer_cycles()
 {
-    Serial.print(F(" layers="));
+    put_P(PSTR(" layers="));
     for (uint8_t k = 0; k < UNOCHAT_N_LAYERS; k++) {
-        if (k) Serial.write(',');
-        Serial.print(layer_cycles[k]);
+        if (k) put(',');
+        put_u32(layer_cycles[k]);
     }
 }
 
 /* ---- chat --------------------------------------------------------------------------------------- */
 static unochat_state_t state;
-static char reply[UNOCHAT_MAX_REPLY];
 
-static void chat(const char *query, uint8_t len)
-{
-    int16_t c;
-    unochat_start(&state, query, len);
-    while ((c = unochat_step(&state)) >= 0) Serial.write((char)c);
-    Serial.println();
-}
-
-/* The same generation, timed. Each step's cycles are printed as soon as they are known, outside the
- * timed region, so no per-step table is kept; and sent before the next step starts, so that no transmit
- * interrupt lands in a step (a chat writes its one character a step into an empty buffer: `!u`). */
-static void timed_chat(const char *query, uint8_t len)
+/* the reply to a query, written as it is generated; returns its length */
+static uint8_t chat(const char *query, uint8_t len)
 {
     uint8_t n = 0;
     int16_t c;
+    unochat_start(&state, query, len);
+    while ((c = unochat_step(&state)) >= 0) {
+        put((uint8_t)c);
+        n++;
+    }
+    return n;
+}
+
+/* The same generation, timed. Each step's cycles are written as soon as they are known, outside the
+ * timed region, so no per-step table is kept. The reply's text, which `!t` prints after the figures,
+ * is not kept either (a reply may have 255 characters): generation is deterministic, so it is made once
+ * more, untimed, as a chat makes it. */
+static void timed_chat(const char *query, uint8_t len)
+{
+    uint8_t n = 0;
     memset(layer_cycles, 0, sizeof layer_cycles);
     uint32_t start = cycles();
     unochat_start(&state, query, len);
     uint32_t query_cycles = cycles() - start;
     uint32_t total = query_cycles;
-    Serial.print(F("!t step="));
-    Serial.flush();
+    put_P(PSTR("!t step="));
     for (;;) {
         uint32_t mark = cycles();
-        c = unochat_step(&state);
+        int16_t c = unochat_step(&state);
         uint32_t spent = cycles() - mark;
         total += spent;
-        if (n) Serial.write(',');
-        Serial.print(spent);
-        Serial.flush();
+        if (n) put(',');
+        put_u32(spent);
         if (c < 0) break;
-        reply[n++] = (char)c;
+        n++;
     }
-    Serial.print(F(" query="));
-    Serial.print(query_cycles);
-    Serial.print(F(" total="));
-    Serial.print(total);
+    put_P(PSTR(" query="));
+    put_u32(query_cycles);
+    put_P(PSTR(" total="));
+    put_u32(total);
     print_layer_cycles();
-    Serial.print(F(" ctx="));
-    Serial.print(layer_cycles[UNOCHAT_PROFILE_CTX]);
-    Serial.print(F(" argmax="));
-    Serial.print(layer_cycles[UNOCHAT_PROFILE_ARGMAX]);
-    Serial.print(F(" rq="));
-    Serial.print(layer_cycles[UNOCHAT_PROFILE_REQUANT]);
-    Serial.print(F(" n="));
-    Serial.print(n);
-    Serial.print(F(" reply="));
-    Serial.write((const uint8_t *)reply, n);
-    Serial.println();
+    put_P(PSTR(" ctx="));
+    put_u32(layer_cycles[UNOCHAT_PROFILE_CTX]);
+    put_P(PSTR(" argmax="));
+    put_u32(layer_cycles[UNOCHAT_PROFILE_ARGMAX]);
+    put_P(PSTR(" rq="));
+    put_u32(layer_cycles[UNOCHAT_PROFILE_REQUANT]);
+    put_P(PSTR(" n="));
+    put_u32(n);
+    put_P(PSTR(" reply="));
+    chat(query, len);
+    newline();
 }
 
 /* What a chat's reply costs the CPU on the UART: the text written back a character at a time, each
- * into an empty transmit buffer as a chat's are (a step takes far longer than the 87 us a byte takes to
+ * into an empty data register as a chat's are (a step takes far longer than the 87 us a byte takes to
  * go out), with the Timer1 cycles of those writes. */
 static void timed_write(const char *text, uint8_t len)
 {
     uint32_t spent = 0;
-    Serial.print(F("!u "));
+    put_P(PSTR("!u "));
     for (uint8_t k = 0; k < len; k++) {
-        Serial.flush();
+        while (sent && !(UCSR0A & _BV(UDRE0))) {}
         uint32_t mark = cycles();
-        Serial.write(text[k]);
+        put((uint8_t)text[k]);
         spent += cycles() - mark;
     }
-    Serial.print(F(" cycles="));
-    Serial.print(spent);
-    Serial.print(F(" n="));
-    Serial.println(len);
+    put_P(PSTR(" cycles="));
+    put_u32(spent);
+    put_P(PSTR(" n="));
+    put_u32(len);
+    newline();
 }
 
 /* ---- input: one state machine over received bytes ------------------------------------------------ */
@@ -239,9 +317,9 @@ static void run_command()
 {
     switch (command) {
     case 's':
-        Serial.print(F("!s"));
-        Serial.write((const uint8_t *)line.text, line.len);
-        Serial.println();
+        put_P(PSTR("!s"));
+        for (uint8_t k = 0; k < line.len; k++) put((uint8_t)line.text[k]);
+        newline();
         break;
     case 'i':
         print_info();
@@ -254,31 +332,32 @@ static void run_command()
         break;
     case 'x':
         if (hex_bad || nibbles != 2 * UNOCHAT_N_INPUTS) {
-            Serial.println(F("!e x needs exactly 2 hex digits per input"));
+            put_P(PSTR("!e x needs exactly 2 hex digits per input\r\n"));
             break;
         }
         memset(layer_cycles, 0, sizeof layer_cycles);
         unochat_logits(state.x, state.logits);
-        Serial.print(F("!x "));
+        put_P(PSTR("!x "));
         for (uint8_t k = 0; k < UNOCHAT_N_OUTPUTS; k++) {
-            if (k) Serial.write(',');
-            Serial.print(state.logits[k]);
+            if (k) put(',');
+            put_i32(state.logits[k]);
         }
-        Serial.println();
+        newline();
         break;
     case 'p':
-        Serial.print(F("!p"));
+        put_P(PSTR("!p"));
         print_layer_cycles();
-        Serial.println();
+        newline();
         break;
     case 'm':
-        Serial.print(F("!m free="));
-        Serial.print(free_now());
-        Serial.print(F(" least_free="));
-        Serial.println(free_least());
+        put_P(PSTR("!m free="));
+        put_u32(free_now());
+        put_P(PSTR(" least_free="));
+        put_u32(free_least());
+        newline();
         break;
     default:
-        Serial.println(F("!e unknown command"));
+        put_P(PSTR("!e unknown command\r\n"));
     }
 }
 
@@ -298,7 +377,10 @@ static void feed(uint8_t b)
         /* fall through */
     case CHAT:
         if (unochat_line_feed(&line, b)) {
-            if (line.len) chat(line.text, line.len);
+            if (line.len) {
+                chat(line.text, line.len);
+                newline();
+            }
             mode = LINE_START;
         }
         return;
@@ -344,29 +426,33 @@ static void feed(uint8_t b)
 void setup()
 {
     paint_stack();
-    /* millis(), delay() and PWM are not used: stop Timer0 and Timer2, which the Arduino core started.
-     * Without Timer0's interrupt the cycle counts carry no jitter, and an idle MCU sleeps until the UART
-     * wakes it (the virtual UNO would otherwise step through every timer tick in wall time: 8x slower
-     * round trips). */
-    TIMSK0 = 0;
-    TCCR0B = 0;
-    TCCR2B = 0;
     cycles_begin();
-    Serial.begin(115200);
+    uart_begin();
+    sei();
     print_info();
 }
 
 void loop()
 {
-    while (Serial.available()) feed((uint8_t)Serial.read());
+    while (uart_available()) feed(uart_read());
     /* sleep until the next byte; sei() lets exactly one more instruction (sleep) run first */
     set_sleep_mode(SLEEP_MODE_IDLE);
     cli();
-    if (!Serial.available()) {
+    if (!uart_available()) {
         sleep_enable();
         sei();
         sleep_cpu();
         sleep_disable();
     }
     sei();
+}
+
+/* The sketch's own main() replaces the Arduino core's, whose init() starts Timer0 (millis(), with its
+ * interrupt), Timer2 and the ADC for PWM and analogRead: none of which this sketch uses. Without them the
+ * cycle counts carry no timer jitter, an idle MCU sleeps until the UART wakes it (the virtual UNO would
+ * otherwise step through every timer tick in wall time), and about 400 B of flash go to the model. */
+int main(void)
+{
+    setup();
+    for (;;) loop();
 }

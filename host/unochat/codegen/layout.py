@@ -64,7 +64,7 @@ class Plan:
             hot.add("bits_pair8")
         else:
             hot |= {self.kernels[0].asm, self.kernels[0].query_kernel.asm, "sum"}
-        return {name: self.unroll if name in hot else COLD_UNROLL for name in self.asm_kernels()}
+        return {name: self.unroll if name in hot else min(COLD_UNROLL, self.unroll) for name in self.asm_kernels()}
 
 
 def c_plan(model: IntModel) -> Plan:

@@ -15,8 +15,9 @@ requantization arithmetic (22 cycles instead of about 80). The last layer's uk_r
 argmax of the logits it makes.
 What must fit decides in this order: SRAM (the cache first, then list buffers where they save least),
 then flash (the loops a reply runs unrolled 16 times, else 8, else 4, those only unochat_logits runs
-COLD_UNROLL times; then the same without zero thresholds; then the C kernels for the largest layers), both
-estimated here (`sram_bytes`, `flash_bytes`) and checked on the real ELF by unochat.firmware.build.
+COLD_UNROLL times; then the same without zero thresholds; then 2 and 1 copies, with and without; then the
+C kernels for the largest layers), both estimated here (`sram_bytes`, `flash_bytes`) and checked on the
+real ELF by unochat.firmware.build. A reply store's bytes count against the same flash.
 """
 from __future__ import annotations
 
@@ -48,19 +49,20 @@ from .layout import (
 
 SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and save ~55 per zero one
 
-# From avr-size and avr-nm of real builds: static SRAM outside the generated code (Arduino core, Serial
-# buffers, main.cpp's line and command state; main.cpp adds a reply buffer and 4 B per profile slot), and
+# From avr-size and avr-nm of real builds: static SRAM outside the generated code (Arduino core, the UART's
+# receive ring, main.cpp's line and command state; main.cpp adds 4 B per profile slot), and
 # flash outside the generated layers and tables (Arduino core, main.cpp, libgcc, features, line editor),
 # of the C driving a fast layer (the first layer's: the format registry's first_layer_flash), and of a
 # C-path layer. Rounded up: the plan's fallbacks trust the estimate, so it must not fall below the real ELF
-# (an all-C 256-384-192-41 model was 76 B over it with 260 B per C layer; tests/test_kernels.py builds it).
-FIRMWARE_SRAM = 265
-FIRMWARE_FLASH = 4_850
+# (an all-C 256-384-192-41 model was 76 B over it with 260 B per C layer; tests/test_kernels.py builds a
+# 256-400-192-41 one whose only plan that fits is all C).
+FIRMWARE_SRAM = 185
+FIRMWARE_FLASH = 3_560
 FAST_LAYER_FLASH, C_LAYER_FLASH = 260, 310
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
 STORE_CODE_FLASH = 600  # the reply store's decoder and its step (unochat_model.c.j2), rounded up
 STORE_STATE = 9  # the decoder's cursor in unochat_state_t
-UNROLLS = (UNROLL, 8, 4)  # the unrolls the plan tries, fastest first
+UNROLLS = (UNROLL, 8, 4, 2, 1)  # the unrolls the plan tries, fastest first (the template takes any power of 2)
 
 
 def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
@@ -71,7 +73,7 @@ def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
         state += STORE_STATE
     if cache:
         state += cache_bytes(model, kernels[0])
-    firmware = FIRMWARE_SRAM + model.max_reply + 4 * (len(model.layers) + 3)
+    firmware = FIRMWARE_SRAM + 4 * (len(model.layers) + 3)
     sums = SUMS_BYTES + KERNEL_FRAME if any(k.loop != "c" for k in kernels) else 0
     return firmware + sum(act_buffers(model)) + state + list_bytes(model, kernels) + sums
 
@@ -132,18 +134,21 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
         pair8 = cached and kernels[0].loop == "list" and requant_mode(model, 0, kernels[0], step=True) != "c"
         return Plan(kernels, cached, density, skip, pair8, unroll, note)
 
-    for skip_zeros in (skip, [False] * n):  # thresholds save more cycles than unrolling does
-        for unroll in UNROLLS:
-            candidate = make_plan(kernels, skip_zeros, unroll)
-            if flash_bytes(model, candidate) <= board.flash_limit:
-                return candidate
+    # thresholds save more cycles than unrolling 16 -> 4 costs (measured); below 4 copies the loop's own
+    # jump weighs on every input, so those come last
+    for unrolls in (UNROLLS[:3], UNROLLS[3:]):
+        for skip_zeros in (skip, [False] * n):
+            for unroll in unrolls:
+                candidate = make_plan(kernels, skip_zeros, unroll)
+                if flash_bytes(model, candidate) <= board.flash_limit:
+                    return candidate
     kernels, skip = list(kernels), [False] * n
     while any(k.loop != "c" for k in kernels):
         biggest = max((i for i, k in enumerate(kernels) if k.loop != "c"), key=lambda i: model.layers[i].weight.size)
         kernels[biggest] = LayerKernel(model.layers[biggest].fmt, "c")
-        if flash_bytes(model, make_plan(kernels, skip, 4)) <= board.flash_limit:
+        if flash_bytes(model, make_plan(kernels, skip, UNROLLS[-1])) <= board.flash_limit:
             break
-    return make_plan(kernels, skip, 4)
+    return make_plan(kernels, skip, UNROLLS[-1])
 
 
 
