@@ -129,7 +129,7 @@ def test_training_uses_variants_of_the_training_pairs_only(tmp_path):
 
     data_file = tmp_path / "d.txt"
     data_file.write_text("".join(f"{p.query}|{p.response}\n" for p in PAIRS))
-    data = load_training_data(data_file, heldout=0.25)
+    data = load_training_data(data_file, TrainConfig(hidden=[8], heldout=0.25))
     plain = training_pairs(data, TrainConfig(hidden=[8]))
     augmented = training_pairs(data, TrainConfig(hidden=[8], augment=2))
     assert plain == data.train_pairs and augmented[:len(plain)] == plain and len(augmented) > len(plain)

@@ -122,7 +122,7 @@ def test_line_editor_matches_normalize(feature_model):
 def test_z80ai_tinychat_c_matches_reference_everywhere():
     need_shared()
     model = load_z80ai(TINYCHAT_MODEL)
-    data = load_dataset(TINYCHAT_DATA)
+    data = load_dataset(TINYCHAT_DATA, case="upper")  # z80ai's model spells upper-case replies
     host = HostModel(model)
     x, _ = teacher_forced_examples(data.pairs, model.charset, model.features)
     np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from unochat import cli
-from unochat.data import dataset
+from unochat.data import corpus
 from unochat.data.dataset import spread_queries
 from unochat.model import reference
 from unochat.model.density import measure_density
@@ -58,7 +58,7 @@ def test_density_is_recorded_and_rendering_reads_only_the_model(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("rendering read a dataset or ran inference")
 
-    monkeypatch.setattr(dataset, "read_lines", forbidden)  # every dataset is read through it
+    monkeypatch.setattr(corpus, "file_bytes", forbidden)  # every corpus file is read through it
     monkeypatch.setattr(reference, "forward", forbidden)  # and all inference goes through this
     assert cli.main(["export", str(out), "--out-dir", str(tmp_path / "a")]) == 0
     assert "note:" not in capsys.readouterr().out

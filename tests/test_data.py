@@ -1,15 +1,23 @@
-"""Dataset loading: z80ai's format, the documented problems with file and line, the charset and split."""
+"""Datasets: every corpus format, the rules and their refusals with file and line, case and typography,
+the charset and the split."""
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
+from unochat import cli
+from unochat.data.corpus import READERS
 from unochat.data.dataset import (
     EOS,
     MAX_QUERY,
+    MAX_REPLY,
+    REFUSALS,
     DatasetError,
+    Pair,
     build_charset,
+    corpus_report,
     load_dataset,
     normalize_query,
     split_heldout,
@@ -32,40 +40,108 @@ def test_pairs_comments_and_case(tmp_path):
     path = write(tmp_path, "d.txt", b"# a comment\n\nhello there|Hi!\n  Spaced  |  ok then  \nwhat|a|b\n")
     data = load_dataset(path)
     assert [(p.query, p.response, p.line) for p in data.pairs] == [
-        ("hello there", "HI!", 3), ("Spaced", "OK THEN", 4), ("what", "A|B", 5)]
+        ("hello there", "Hi!", 3), ("Spaced", "ok then", 4), ("what", "a|b", 5)]
     assert data.problems == []
+    upper = load_dataset(path, case="upper")
+    assert [p.response for p in upper.pairs] == ["HI!", "OK THEN", "A|B"] and upper.digest == data.digest
 
 
 def test_gzip_is_read(tmp_path):
     data = load_dataset(write(tmp_path, "d.txt.gz", b"hey|yo\n"))
-    assert data.pairs[0].response == "YO"
+    assert data.pairs[0].response == "yo"
 
 
-BAD_LINES = [
-    (b"no separator here", "no '|' between query and response"),
-    (b"|empty query", "empty query"),
-    (b"empty response|", "empty response"),
-    (b"caf\xc3\xa9|ok", "query has character '\u00e9' (U+00E9); only printable ASCII is allowed"),
-    (b"hello|ol\xc3\xa9", "response has character"),
-    (b"tab\there|ok", "query has character '\\t'"),
-    (b"bad \xff byte|ok", "not valid UTF-8 (byte 0xFF at column 5)"),
-    (b"x|short query", "query shorter than 2 characters"),
-    (b"!info|reserved", "reserved for the device's machine commands"),
-    (b"long|" + b"A" * 51, "response longer than 50 characters"),
+# the same three pairs in every format (turns of one conversation for YAML: hi -> Hello. -> How are you?)
+PAIRS = [("hi", "Hello."), ("Hello.", "How are you?"), ("How are you?", "Fine, thanks.")]
+FORMATS = {
+    "c.txt": "".join(f"{q}|{r}\n" for q, r in PAIRS).encode(),
+    "c.yml": b"categories:\n- greetings\nconversations:\n- - hi\n  - Hello.\n  - How are you?\n  - Fine, thanks.\n",
+    "c.csv": b"Query,Response\n" + "".join(f'{q},"{r}"\n' for q, r in PAIRS).encode(),
+    "c.tsv": b"id\tquery\tresponse\n" + "".join(f"{i}\t{q}\t{r}\n" for i, (q, r) in enumerate(PAIRS)).encode(),
+    "c.jsonl": "".join(json.dumps({"query": q, "response": r}) + "\n" for q, r in PAIRS).encode(),
+}
+
+
+@pytest.mark.parametrize("name", [*FORMATS, "c.yml.gz", "c.jsonl.gz"])
+def test_every_format_gives_the_same_pairs(tmp_path, name):
+    data = load_dataset(write(tmp_path, name, FORMATS[name.removesuffix(".gz")]))
+    assert [(p.query, p.response) for p in data.pairs] == PAIRS and data.problems == []
+
+
+def test_the_formats_are_the_readers():
+    assert {name.split(".")[1] for name in FORMATS} | {"yaml"} == {s.lstrip(".") for s in READERS}
+
+
+def test_a_directory_of_yaml_is_one_corpus(tmp_path):
+    write(tmp_path, "b.yml", b"conversations:\n- - what is it\n  - A thing.\n")
+    write(tmp_path, "a.yaml", FORMATS["c.yml"])
+    write(tmp_path, "notes.txt", b"not|read\n")
+    data = load_dataset(tmp_path)
+    assert [p.query for p in data.pairs] == ["hi", "Hello.", "How are you?", "what is it"]
+    assert data.pairs[-1].line == 2 and data.digest != load_dataset(tmp_path / "a.yaml").digest
+
+
+def test_yaml_turns_that_are_not_text_are_refused_with_their_line(tmp_path):
+    content = b"conversations:\n- - one\n  - two\n- just a string, not a list\n- - a\n  - [nested, list]\n  - fine\n- - 42\n  - yes\n"
+    data = load_dataset(write(tmp_path, "c.yml", content))
+    assert [(p.query, p.response) for p in data.pairs] == [("one", "two"), ("42", "yes")]  # scalars as written
+    assert [(p.line, p.kind) for p in data.problems] == [(4, "not_text"), (5, "not_text"), (6, "not_text")]
+
+
+BAD = [  # (line, kind, reason)
+    (b"no separator here", "no_separator", "no '|' between query and response"),
+    (b"|empty query", "empty", "empty query"),
+    (b"empty response|", "empty", "empty response"),
+    (b"caf\xc3\xa9|ok", "non_ascii", "query has character '\u00e9' (U+00E9); only printable ASCII is allowed"),
+    (b"hello|ol\xc3\xa9", "non_ascii", "response has character"),
+    (b"bad \xff byte|ok", "bad_utf8", "not valid UTF-8 (byte 0xFF at column 5)"),
+    (b"x|short query", "short_query", "query shorter than 2 characters"),
+    (b"!info|reserved", "command_prefix", "reserved for the device's machine commands"),
+    (b"long|" + b"A" * 256, "long_response", "response of 256 characters, longer than 255"),
 ]
 
 
-@pytest.mark.parametrize("line,reason", BAD_LINES, ids=[r for _, r in BAD_LINES])
-def test_bad_lines_are_counted_with_file_and_line(tmp_path, line, reason):
+@pytest.mark.parametrize("line,kind,reason", BAD, ids=[k + ":" + r[:20] for _, k, r in BAD])
+def test_refusals_are_counted_by_kind_with_file_and_line(tmp_path, line, kind, reason):
     path = write(tmp_path, "d.txt", b"good one|fine\n# comment\n" + line + b"\nanother|fine\n")
     data = load_dataset(path)
-    assert len(data.pairs) == 2
-    assert len(data.problems) == 1
-    message = str(data.problems[0])
-    assert message.startswith(f"{path}:3: ")
-    assert reason in message
+    assert len(data.pairs) == 2 and len(data.problems) == 1
+    assert str(data.problems[0]).startswith(f"{path}:3: ") and reason in str(data.problems[0])
+    assert data.refusals() == {kind: 1} and kind in REFUSALS and f"1 {kind}" in data.summary()
     with pytest.raises(DatasetError, match=f"{path}:3: "):
         load_dataset(path, strict=True)
+
+
+def test_bad_rows_of_the_other_formats(tmp_path):
+    jsonl = load_dataset(write(tmp_path, "c.jsonl", b'{"query": "hi", "response": "yo"}\nnot json\n{"query": "q"}\n'))
+    assert [(p.line, p.kind) for p in jsonl.problems] == [(2, "no_separator"), (3, "no_separator")]
+    csv = load_dataset(write(tmp_path, "c.csv", b'query,response\nhi,"a\nlong one"\nonly one column\nok,fine\n'))
+    assert [(p.query, p.response, p.line) for p in csv.pairs] == [("hi", "a long one", 2), ("ok", "fine", 5)]
+    assert [(p.line, p.kind) for p in csv.problems] == [(4, "no_separator")]
+    with pytest.raises(DatasetError, match=r"header row must name `query` and `response` columns, found \['q', 'r'\]"):
+        load_dataset(write(tmp_path, "d.csv", b"q,r\na,b\n"))
+    with pytest.raises(DatasetError, match=r"unknown corpus format '.xml'"):
+        load_dataset(write(tmp_path, "d.xml", b"<a/>"))
+
+
+def test_typography_becomes_ascii_and_whitespace_one_space(tmp_path):
+    data = load_dataset(write(tmp_path, "c.jsonl", json.dumps({"query": "what\u2019s up\u2026",
+                                                                 "response": "It\u2019s \u201cfine\u201d \u2013 "
+                                                                             "really\u00a0so.\n\t tab"}).encode()))
+    assert [(p.query, p.response) for p in data.pairs] == [("what's up...", 'It\'s "fine" - really so. tab')]
+
+
+def test_transliteration_is_asked_for(tmp_path):
+    path = write(tmp_path, "d.txt", "caf\u00e9|Cr\u00e8me br\u00fbl\u00e9e\nsnow|\u2603\nhi|ok\n".encode())
+    assert load_dataset(path).refusals() == {"non_ascii": 2}
+    data = load_dataset(path, transliterate=True)
+    assert [(p.query, p.response) for p in data.pairs] == [("cafe", "Creme brulee"), ("hi", "ok")]
+    assert data.refusals() == {"empty": 1}  # the snowman has no ASCII form: nothing is left
+
+
+def test_replies_up_to_the_device_limit(tmp_path):
+    path = write(tmp_path, "d.txt", b"long|" + b"A" * MAX_REPLY + b"\n")
+    assert MAX_REPLY == 255 and len(load_dataset(path).pairs[0].response) == 255
 
 
 def test_charset_restriction_names_the_line(tmp_path):
@@ -75,15 +151,29 @@ def test_charset_restriction_names_the_line(tmp_path):
     assert "d.txt:2: response has characters outside the model's charset: '?'" in str(data.problems[0])
 
 
-def test_missing_and_empty_files(tmp_path):
-    with pytest.raises(DatasetError, match="no such dataset file"):
+def test_missing_and_empty_corpora(tmp_path):
+    with pytest.raises(DatasetError, match="no such corpus file or directory"):
         load_dataset(tmp_path / "nope.txt")
-    with pytest.raises(DatasetError, match=r"no usable `query\|response` pairs \(1 bad lines\)"):
+    with pytest.raises(DatasetError, match=r"no usable query/response pairs \(1 refused\)"):
         load_dataset(write(tmp_path, "d.txt", b"# only a comment\nno pipe\n"))
+    with pytest.raises(DatasetError, match=r"no usable query/response pairs \(2 refused\)"):
+        load_dataset(write(tmp_path, "e.txt", b"x|refused: a short query\n!cmd|refused: a command\n"))
     broken = tmp_path / "broken.txt.gz"
     broken.write_bytes(b"not gzip at all")
     with pytest.raises(DatasetError, match="cannot read"):
         load_dataset(broken)
+
+
+def test_the_report_counts_the_ceiling(tmp_path, capsys):
+    # "hi" has two replies (2x HEY, 1x YO): at best 2 of its 3 pairs; the others are one reply each
+    path = write(tmp_path, "d.txt", b"hi|HEY\nhi|YO\nHI|HEY\nbye|BYE\nthanks|YOU ARE WELCOME\nx|refused\n")
+    report = corpus_report(load_dataset(path))
+    assert (report.pairs, report.refused, report.queries, report.replies) == (5, {"short_query": 1}, 3, 4)
+    assert report.reply_bytes == len("HEY" + "YO" + "BYE" + "YOU ARE WELCOME")
+    assert report.longest == 15 and report.ceiling == pytest.approx(4 / 6)  # refused lines count as pairs
+    assert cli.main(["data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 pairs, 1 refused (1 short_query)" in out and "66.67%" in out
 
 
 def test_long_query_is_cut_like_the_device():
@@ -93,15 +183,11 @@ def test_long_query_is_cut_like_the_device():
 
 
 def test_charset_order_and_eos():
-    from unochat.data.dataset import Pair
-
     pairs = [Pair("q1", "B A1!", 1), Pair("q2", "Z?9", 2)]
     assert build_charset(pairs) == " ABZ19!?" + EOS
 
 
 def test_split_is_seeded_and_disjoint():
-    from unochat.data.dataset import Pair
-
     pairs = [Pair(f"q{i}", "R", i) for i in range(1000)]
     train, held = split_heldout(pairs, 0.1, seed=0)
     assert len(held) == 100 and len(train) == 900
@@ -112,9 +198,9 @@ def test_split_is_seeded_and_disjoint():
 
 def test_tinychat_matches_z80ai_counts():
     need_shared()
-    data = load_dataset(TINYCHAT_DATA)
+    data = load_dataset(TINYCHAT_DATA, case="upper")
     assert len(data.pairs) == 2990  # z80ai keeps the same 2,990 pairs
-    assert len(data.problems) == 12 and all("shorter than 2" in p.reason for p in data.problems)
+    assert data.refusals() == {"short_query": 12}
     assert build_charset(data.pairs) == " ABCDEFGHIJKLMNOPQRSTUVWXYZ012345678!/?" + EOS
     train, held = split_heldout(data.pairs, 0.1, seed=0)
     assert len(held) == 299

@@ -305,7 +305,7 @@ def test_train_writes_checkpoint_and_integer_model(data_path, tmp_path, capsys):
     config = TrainConfig(**{**SMALL, "epochs": 2, "heldout": 0.2, "seed": 3})
     result = train(data_path, config, tmp_path / "run" / "m.pt", progress=False)
     printed = capsys.readouterr().out
-    assert "120 pairs, 1 lines skipped" in printed and "chat.txt:123: query shorter than 2" in printed
+    assert "120 pairs, 1 refused (1 short_query)" in printed and "chat.txt:123: query shorter than 2" in printed
     # the held-out pairs are split_heldout's with seed 0, whatever the training seed
     train_pairs, held = split_heldout(load_dataset(data_path).pairs, 0.2, seed=0)
     assert result.metrics["heldout"] == evaluate(result.int_model, held)

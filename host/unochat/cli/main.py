@@ -20,7 +20,7 @@ from .. import __version__
 from ..board.client import REPLY_TIMEOUT, DeviceError
 from ..board.sim import SimError
 from ..codegen.layout import KERNEL_PATHS
-from ..data.dataset import SAMPLE_QUERIES, DatasetError, normalize_query
+from ..data.dataset import CASES, SAMPLE_QUERIES, DatasetError, normalize_query
 from ..firmware.size import BuildError
 from ..model import formats
 from ..model.files import CHECKPOINT_SUFFIX, MODEL_SUFFIXES, load_int_model, model_path
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ..board.client import UnoClient
 
 TRAIN, TUNE, RECIPE = TrainConfig(), FineTune(), Recipe()  # the defaults shown and used
+CORPUS_HELP = ("corpus: query|response .txt, ChatterBot .yml (or a directory of them), .csv/.tsv with query and "
+               "response columns, .jsonl; any of them .gz (README \"Dataset format\")")
 
 
 def _formats(text: str) -> list[str]:
@@ -126,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             augment=args.augment,
             decoding=args.decoding,
+            case=args.case,
+            transliterate=args.transliterate,
             store_bytes=None if args.store_bytes in (None, "fit") else args.store_bytes,
         )
         room = None
@@ -158,6 +162,42 @@ def cmd_import_z80ai(args: argparse.Namespace) -> int:
         _record_density(model, args.data)
     model.save(out)
     print(f"{model.describe()}\nwrote {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """`unochat data FILE...`: what each corpus holds, and how much of it an UNO can hold."""
+    import json
+    from dataclasses import asdict
+
+    from ..codegen.plan import store_room
+    from ..data.dataset import answerable, build_charset, corpus_report, load_dataset
+    from ..data.features import FeatureSpec
+    from ..model.replies import ReplyStore, encode, select_replies
+
+    rows = []
+    for path in args.files:
+        dataset = load_dataset(path, case=args.case, transliterate=args.transliterate)
+        report = corpus_report(dataset)
+        charset = build_charset(dataset.pairs)
+        # beside the model README "Real corpora" measures: 256-128-96, 1-bit, replies kept by pairs served per byte
+        room = store_room(FeatureSpec(), [128, 96], ["1bit"] * 3, len(charset))
+        held = select_replies(dataset.pairs, charset, room)
+        held_pairs = sum(n for reply, n in answerable(dataset.pairs).items() if reply in held)
+        every_pair = report.pairs + sum(report.refused.values())
+        uno = {"store_bytes_all": encode(ReplyStore([p.response for p in dataset.pairs]), charset).nbytes,
+               "store_room": room, "held_replies": len(held), "held_ceiling": held_pairs / every_pair}
+        print(dataset.summary())
+        print(f"  {report.queries:,} distinct queries, {report.replies:,} distinct replies, {report.reply_bytes:,} B of "
+              f"reply text (longest {report.longest}); exact-match ceiling {100 * report.ceiling:.2f}%")
+        print(f"  on an UNO: all replies stored take {uno['store_bytes_all']:,} B; beside a 256-128-96 1-bit model "
+              f"{room:,} B hold {len(held):,} replies, a ceiling of {100 * uno['held_ceiling']:.2f}%")
+        for problem in dataset.problems if args.refused else []:
+            print(f"  {problem} [{problem.kind}]")
+        rows.append({**asdict(report), "on_uno": uno})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -262,7 +302,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             criterion=args.criterion, prune=tune(args.prune_epochs), binary_bits=args.binary_bits,
             binary=tune(args.binary_epochs, args.binary_restarts), best_hidden=args.best_hidden,
             best_bits=args.best_bits, best_epochs=args.best_epochs, lr=args.lr, batch_size=args.batch_size,
-            seed=args.seed,
+            seed=args.seed, case=args.case, transliterate=args.transliterate,
         )
         out_dir = Path(args.out_dir)
         runs = make_variants(args.data, out_dir, recipe, args.variants, heldout=args.heldout)
@@ -403,6 +443,13 @@ def _add_board_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds to wait for one reply (default {REPLY_TIMEOUT:g})")
 
 
+def _add_reading_arguments(p: argparse.ArgumentParser, case: str) -> None:
+    p.add_argument("--case", choices=CASES, default=case,
+                   help=f"keep: replies in the corpus's own case; upper: upper-cased (z80ai's models) (default {case})")
+    p.add_argument("--transliterate", action="store_true",
+                   help="map letters outside ASCII to their ASCII forms (é -> e) instead of refusing those pairs")
+
+
 def _add_kernel_path_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-path", choices=KERNEL_PATHS, default=KERNEL_PATHS[0],
                    help="fast: AVR assembly inner loops (default); c: the plain C reference kernels")
@@ -414,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model with quantization-aware training")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="query|response file (.txt or .txt.gz)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help=CORPUS_HELP)
     p.add_argument("--hidden", type=_sizes, default=TRAIN.hidden, help="hidden layer sizes, e.g. 256,192,128")
     p.add_argument("--bits", default=TRAIN.formats[0],
                    help=f"weight format, or one per layer (hidden layers, then the output): {formats.choices()}")
@@ -429,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=TRAIN.eval_every, help="evaluate the integer model every N epochs")
     p.add_argument("--augment", type=int, default=TRAIN.augment, metavar="N",
                    help="also train on N seeded variants of each training query (typos, dropped/swapped words)")
+    _add_reading_arguments(p, TRAIN.case)
     p.add_argument("--decoding", choices=DECODINGS, default=TRAIN.decoding,
                    help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
                         "corpora\"); free: any string (default)")
@@ -444,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="measure the model's input density on this dataset (for the kernel plan)")
     p.set_defaults(func=cmd_import_z80ai)
+
+    p = sub.add_parser("data", help="what a corpus holds: pairs, refusals, replies, the exact-match ceiling, "
+                                    "how much of it an UNO can hold")
+    p.add_argument("files", nargs="+", metavar="FILE", help=CORPUS_HELP)
+    _add_reading_arguments(p, TRAIN.case)
+    p.add_argument("--refused", action="store_true", help="list every refused line with its file, line and reason")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("density", help="measure a model's input density on a dataset and record it in the model")
     p.add_argument("model", help="integer model (.npz)")
@@ -494,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("pipeline", help="baseline -> pruned -> binary (and best): train, compress, summarize")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="query|response file (.txt or .txt.gz)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help=CORPUS_HELP)
     p.add_argument("--out-dir", default=str(REPO / "models" / "pipeline"), help="where the variants go")
     p.add_argument("--variants", type=_variants, default=["baseline", "pruned", "binary"],
                    help="which of baseline,pruned,binary,best to make (and what they start from)")
@@ -517,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
     p.add_argument("--seed", type=int, default=RECIPE.seed)
     _add_focus_argument(p)
+    _add_reading_arguments(p, RECIPE.case)
     p.add_argument("--heldout", type=float, default=0.0,
                    help="also make every variant without this fraction of held-out pairs (into OUT_DIR/heldout/)")
     p.add_argument("--no-build", action="store_true", help="skip the firmware builds (no flash, SRAM or fits)")

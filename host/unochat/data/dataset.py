@@ -1,30 +1,36 @@
-"""Datasets of `query|response` lines (z80ai's format), the charset, and the seeded held-out split.
+"""Datasets: the pairs of a corpus file (data/corpus.py reads each format), the rules every pair meets,
+the charset, and the seeded held-out split.
 
-Rules (documented in README "Dataset format"):
-- blank lines and lines starting with '#' are comments;
-- a pair is `query|response`, split at the first '|', both sides stripped;
-- responses are upper-cased (the model's output alphabet), queries are hashed lower-case;
-- both sides must be printable ASCII, because the UNO sees bytes and hashes them;
+Rules (documented in README "Dataset format"), the same for every format:
+- text is cleaned first: typographic quotes, dashes, ellipses and non-breaking spaces become their ASCII
+  forms (TYPOGRAPHY), runs of whitespace (newlines, tabs) one space, both sides stripped; other
+  characters outside printable ASCII are refused, or with `transliterate` mapped to their ASCII letters
+  (NFKD: é -> e) and dropped where they have none;
+- responses keep the corpus's case (`case="keep"`, the output alphabet is the corpus's) or are
+  upper-cased (`case="upper"`, z80ai's behaviour); queries are hashed lower-case either way;
 - a query must not start with '!', which marks the device's machine commands;
-- a query needs >= 2 characters (as z80ai), a response >= 1 and <= the reply limit;
+- a query needs >= 2 characters (as z80ai), a response 1..MAX_REPLY (the device counts a reply in a byte);
 - a query longer than the device's line buffer is cut exactly as the device cuts it.
-Every other line is a problem: it is counted, named by file and line number, and skipped;
-with strict=True the first problem raises DatasetError instead.
+Every other pair is refused: counted per kind (REFUSALS), named by file and line, and skipped; with
+strict=True the first refusal raises DatasetError instead.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
+import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..paths import REPO
+from .corpus import CorpusError, RawPair, read_corpus
 
 EOS = "\x00"
 MAX_QUERY = 60  # the device's line buffer; z80ai also truncates queries at 60
-MAX_REPLY = 50  # z80ai's generation limit
+MAX_REPLY = 255  # the device counts a reply's characters in a byte
 MIN_QUERY = 2  # z80ai drops shorter queries
 HELDOUT_SEED = 0  # fixed: every model is judged on the same held-out pairs, whatever its training seed
 SAMPLE_QUERIES = 20  # real queries that stand for a dataset where a model is timed or its density measured
@@ -42,11 +48,35 @@ class Pair:
     line: int
 
 
+# Why a pair is refused: its kind (a stable name, counted per corpus) and what the kind means.
+REFUSALS = {
+    "bad_utf8": "not valid UTF-8",
+    "no_separator": "no pair on the line (no '|', a missing column or key, not JSON)",
+    "not_text": "a turn that is not text",
+    "empty": "an empty query or response",
+    "non_ascii": "a character outside printable ASCII (see --transliterate)",
+    "command_prefix": f"a query starting with {COMMAND_PREFIX!r} (the device's machine commands)",
+    "short_query": f"a query shorter than {MIN_QUERY} characters",
+    "long_response": f"a response longer than {MAX_REPLY} characters (the device's reply limit)",
+    "outside_charset": "a response character outside the model's charset",
+}
+CASES = ("keep", "upper")
+# Typographic characters and their ASCII forms: applied before anything else, whatever the options.
+TYPOGRAPHY = {
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",  # quotes, prime
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
+    "\u2013": "-", "\u2014": "-", "\u2212": "-",  # en and em dash, minus
+    "\u2026": "...",
+    "\u00a0": " ",  # non-breaking space
+}
+
+
 @dataclass
 class Problem:
     path: str
     line: int
     reason: str
+    kind: str = "no_separator"
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -62,8 +92,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def refusals(self) -> Counter:
+        """How many pairs were refused, per kind (REFUSALS)."""
+        return Counter(problem.kind for problem in self.problems)
+
     def summary(self) -> str:
-        return f"{self.path}: {len(self.pairs)} pairs, {len(self.problems)} lines skipped"
+        kinds = ", ".join(f"{n:,} {kind}" for kind, n in self.refusals().most_common())
+        return f"{self.path}: {len(self.pairs):,} pairs, {len(self.problems):,} refused" + (f" ({kinds})" if kinds else "")
 
 
 def is_printable(text: str) -> bool:
@@ -71,32 +106,39 @@ def is_printable(text: str) -> bool:
     return all(" " <= c <= "~" for c in text)
 
 
-def _parse_line(text: str, charset: str | None) -> tuple[Pair | None, str | None]:
-    """Returns (pair, None), (None, reason) for a bad line, or (None, None) for a comment."""
-    stripped = text.strip()
-    if not stripped or stripped.startswith("#"):
-        return None, None
-    if "|" not in stripped:
-        return None, "no '|' between query and response"
-    query, response = (side.strip() for side in stripped.split("|", 1))
-    response = response.upper()
+def clean(text: str, transliterate: bool = False) -> str:
+    """Typography to ASCII, whitespace runs to one space, stripped; with `transliterate`, the rest of
+    what is not ASCII to its ASCII letters (NFKD), dropped where there are none."""
+    text = "".join(TYPOGRAPHY.get(c, c) for c in text)
+    if transliterate and not text.isascii():
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def check_pair(raw: RawPair, case: str = "keep", transliterate: bool = False,
+               charset: str | None = None) -> Pair | tuple[str, str]:
+    """The pair a raw pair makes under the rules (module doc), or (kind, reason) why it is refused."""
+    query, response = clean(raw.query, transliterate), clean(raw.response, transliterate)
+    if case == "upper":
+        response = response.upper()
     if not query or not response:
-        return None, "empty " + ("query" if not query else "response")
+        return "empty", "empty " + ("query" if not query else "response")
     for side, value in (("query", query), ("response", response)):
         if not is_printable(value):
             bad = next(c for c in value if not is_printable(c))
-            return None, f"{side} has character {bad!r} (U+{ord(bad):04X}); only printable ASCII is allowed"
+            return "non_ascii", (f"{side} has character {bad!r} (U+{ord(bad):04X}); only printable ASCII is "
+                                 "allowed (--transliterate maps letters to ASCII)")
     if query.startswith(COMMAND_PREFIX):
-        return None, f"queries starting with {COMMAND_PREFIX!r} are reserved for the device's machine commands"
+        return "command_prefix", f"queries starting with {COMMAND_PREFIX!r} are reserved for the device's machine commands"
     if len(query) < MIN_QUERY:
-        return None, f"query shorter than {MIN_QUERY} characters"
+        return "short_query", f"query shorter than {MIN_QUERY} characters"
     if len(response) > MAX_REPLY:
-        return None, f"response longer than {MAX_REPLY} characters (the device's reply limit)"
+        return "long_response", f"response of {len(response)} characters, longer than {MAX_REPLY} (the device's reply limit)"
     if charset is not None:
         outside = sorted(set(response) - set(charset))
         if outside:
-            return None, f"response has characters outside the model's charset: {''.join(outside)!r}"
-    return Pair(normalize_query(query), response, 0), None
+            return "outside_charset", f"response has characters outside the model's charset: {''.join(outside)!r}"
+    return Pair(normalize_query(query), response, raw.line)
 
 
 def normalize_query(raw: str | bytes) -> str:
@@ -117,41 +159,33 @@ def normalize_query(raw: str | bytes) -> str:
     return "".join(kept).strip(" ")
 
 
-def read_lines(path: str | Path) -> list[bytes]:
-    p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"{p}: no such dataset file")
-    opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rb") as f:
-            return f.read().splitlines()
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"{p}: cannot read: {e}") from e
-
-
-def load_dataset(path: str | Path, charset: str | None = None, strict: bool = False) -> Dataset:
-    """Load a `.txt` or `.txt.gz` dataset. `charset` (without EOS) restricts responses to a model's alphabet."""
-    raw_lines = read_lines(path)
+def load_dataset(path: str | Path, charset: str | None = None, strict: bool = False, case: str = "keep",
+                 transliterate: bool = False) -> Dataset:
+    """Every pair of a corpus file or directory (data/corpus.py: by extension) that meets the rules; the
+    rest refused and counted. `charset` (without EOS) restricts responses to a model's alphabet."""
+    if case not in CASES:
+        raise ValueError(f"case is one of {', '.join(CASES)}, got {case!r}")
     pairs: list[Pair] = []
     problems: list[Problem] = []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            pair, reason = None, f"not valid UTF-8 (byte 0x{raw[e.start]:02X} at column {e.start + 1})"
-        else:
-            pair, reason = _parse_line(text, charset)
-        if reason is not None:
-            problem = Problem(str(path), number, reason)
-            if strict:
-                raise DatasetError(str(problem))
-            problems.append(problem)
-        elif pair is not None:
-            pairs.append(Pair(pair.query, pair.response, number))
+    digest = hashlib.sha256()
+    try:
+        for n, (file, data, items) in enumerate(read_corpus(Path(path))):
+            # one file: its lines, as the digest always was; a directory: each file's name and lines
+            digest.update(b"\n".join(data.splitlines()) if not Path(path).is_dir() else file.name.encode() + data)
+            for item in items:
+                checked = check_pair(item, case, transliterate, charset) if isinstance(item, RawPair) else (item.kind, item.reason)
+                if isinstance(checked, Pair):
+                    pairs.append(checked)
+                    continue
+                problem = Problem(str(file), item.line, checked[1], checked[0])
+                if strict:
+                    raise DatasetError(str(problem))
+                problems.append(problem)
+    except CorpusError as e:
+        raise DatasetError(str(e)) from e
     if not pairs:
-        raise DatasetError(f"{path}: no usable `query|response` pairs ({len(problems)} bad lines)")
-    digest = hashlib.sha256(b"\n".join(raw_lines)).hexdigest()[:16]
-    return Dataset(str(path), pairs, problems, digest)
+        raise DatasetError(f"{path}: no usable query/response pairs ({len(problems)} refused)")
+    return Dataset(str(path), pairs, problems, digest.hexdigest()[:16])
 
 
 def recorded_dataset(meta: dict) -> Path | None:
@@ -194,3 +228,43 @@ def split_heldout(pairs: list[Pair], fraction: float = 0.1, seed: int = HELDOUT_
 def training_split(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
     """(pairs a model trains on, pairs held out from it) for a held-out `fraction` (0: all, none)."""
     return split_heldout(pairs, fraction) if fraction > 0 else (pairs, [])
+
+
+@dataclass(frozen=True)
+class CorpusReport:
+    """What a corpus holds (`unochat data`): its pairs and refusals, distinct queries (as the features
+    see them, lower-case) and replies, the reply text, and the exact-match ceiling: for each distinct
+    query the count of its most common reply, over every pair (refused ones too). No model that answers
+    a query one way can do better."""
+
+    path: str
+    pairs: int
+    refused: dict[str, int]
+    queries: int
+    replies: int
+    reply_bytes: int  # characters of the distinct replies
+    longest: int
+    ceiling: float
+
+
+def answerable(pairs: list[Pair]) -> Counter:
+    """reply -> the pairs it can answer right: a query (as the features see it, lower-case) with several
+    replies is answered one way, so only its most common reply (the first on ties) counts."""
+    by_query: dict[str, Counter] = {}
+    for p in pairs:
+        by_query.setdefault(p.query.lower(), Counter())[p.response] += 1
+    worth: Counter = Counter()
+    for replies in by_query.values():
+        reply, n = replies.most_common(1)[0]
+        worth[reply] += n
+    return worth
+
+
+def corpus_report(dataset: Dataset) -> CorpusReport:
+    replies = {p.response for p in dataset.pairs}
+    return CorpusReport(
+        path=dataset.path, pairs=len(dataset.pairs), refused=dict(dataset.refusals()),
+        queries=len({p.query.lower() for p in dataset.pairs}), replies=len(replies),
+        reply_bytes=sum(map(len, replies)), longest=max(map(len, replies)),
+        ceiling=sum(answerable(dataset.pairs).values()) / (len(dataset.pairs) + len(dataset.problems)),
+    )

@@ -122,6 +122,13 @@ def dataset_label(path: Path) -> str:
     return str(path.resolve())
 
 
+def reading(model: IntModel) -> dict:
+    """How the model read its corpus (case, transliteration): as its config records, else upper-cased,
+    as every model made before the option existed and z80ai's models were."""
+    config = model.meta.get("config") or {}
+    return {"case": config.get("case", "upper"), "transliterate": config.get("transliterate", False)}
+
+
 def heldout_fraction(model: IntModel) -> float:
     return float((model.meta.get("config") or {}).get("heldout", 0.0))
 
@@ -172,8 +179,8 @@ def corpus_figures(model: IntModel, dataset: Dataset, seed: int = 0) -> dict:
 
 def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_examples: int) -> BenchRow:
     data_path = dataset_path(model, data)
-    corpus = load_dataset(data_path)
-    pairs = load_dataset(data_path, charset=model.charset[:-1]).pairs  # pairs it cannot spell are skipped
+    corpus = load_dataset(data_path, **reading(model))
+    pairs = load_dataset(data_path, charset=model.charset[:-1], **reading(model)).pairs  # unspellable: skipped
     trained_on, held = split(model, pairs)
     m = evaluate(model, trained_on)
     row = BenchRow(

@@ -132,7 +132,7 @@ def bench_queries(model: IntModel, n: int) -> tuple[str, list[str]]:
     """(dataset path, n distinct normalized queries spread evenly over it): the model's training data
     if its meta names a file that exists here, else data/default.txt."""
     path = recorded_dataset(model.meta) or DEFAULT_DATA
-    return str(path), spread_queries(load_dataset(path).pairs, n)
+    return str(path), spread_queries(load_dataset(path, transliterate=True).pairs, n)  # queries only: any case
 
 
 def measure_latency(

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..data.dataset import Pair
+from ..data.dataset import Pair, answerable
 
 MAX_CODE_BITS = 15  # canonical codes fit 16-bit arithmetic in the decoder
 CHECKPOINT = 16  # replies between byte-aligned text offsets: locating reply j decodes at most 15 others
@@ -176,25 +176,12 @@ def encode(store: ReplyStore, charset: str) -> EncodedStore:
     )
 
 
-def servable(pairs: list[Pair]) -> Counter:
-    """reply -> the pairs it can answer right: a query (as the features see it, lower-case) that has
-    several replies is answered by one, so only its most common reply (the first on ties) counts."""
-    by_query: dict[str, Counter] = {}
-    for p in pairs:
-        by_query.setdefault(p.query.lower(), Counter())[p.response] += 1
-    worth: Counter = Counter()
-    for replies in by_query.values():
-        reply, n = replies.most_common(1)[0]
-        worth[reply] += n
-    return worth
-
-
 def select_replies(pairs: list[Pair], charset: str, budget: int | None = None) -> ReplyStore:
     """The store of the pairs' replies, or, within `budget` bytes (EncodedStore.nbytes), of the replies that
-    serve the most pairs per byte: a reply's worth is the pairs it can answer right (`servable`), its cost
+    serve the most pairs per byte: a reply's worth is the pairs it can answer right (`answerable`), its cost
     about its coded length (4.6 bits a character and 2 bytes a reply, as measured on ChatterBot; the budget
     is checked on the real encoding). Replies that answer no pair right go last."""
-    worth = servable(pairs)
+    worth = answerable(pairs)
     ranked = sorted({p.response for p in pairs}, key=lambda r: (-worth[r] / (2 + 0.575 * len(r)), r))
     if budget is None or encode(ReplyStore(ranked), charset).nbytes <= budget:
         return ReplyStore(ranked)

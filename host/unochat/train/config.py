@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ..data.dataset import CASES
 from ..data.features import FeatureSpec
 from ..model import formats
 from ..model.intmodel import MAX_WIDTH
@@ -38,6 +39,8 @@ class TrainConfig:
     # "replies": reply-constrained decoding (model/replies.py), trained where the store branches; "free"
     decoding: str = "free"
     store_bytes: int | None = None  # the reply store's flash budget (None: every training reply)
+    case: str = "keep"  # responses as the corpus writes them, or "upper" (z80ai's models); data/dataset.py
+    transliterate: bool = False  # letters outside ASCII to their ASCII forms (else such pairs are refused)
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
@@ -57,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"augment is a number of variants per pair, got {self.augment}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.case not in CASES:
+            raise ValueError(f"case is one of {', '.join(CASES)}, got {self.case!r}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding is one of {', '.join(DECODINGS)}, got {self.decoding!r}")
         if self.store_bytes is not None and (self.store_bytes < 1 or self.decoding != "replies"):
@@ -67,7 +72,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{**d, "features": FeatureSpec(**d["features"])})
+        # a config saved before `case` existed comes from a model whose replies were upper-cased
+        return cls(**{"case": "upper", **d, "features": FeatureSpec(**d["features"])})
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,8 @@ class Recipe:
     lr: float = 3e-3
     batch_size: int = 256
     seed: int = 0
+    case: str = "keep"  # how the variants read the corpus (TrainConfig.case, .transliterate)
+    transliterate: bool = False
 
     def __post_init__(self) -> None:
         """Check every setting before anything trains: a bad binary format should not wait for the baseline."""
@@ -151,7 +159,8 @@ class Recipe:
 
     def settings(self, variant: str) -> dict:
         """Everything that decides `variant` besides its parent and the data: its part of the resume key."""
-        common = {"lr": self.lr, "batch_size": self.batch_size, "seed": self.seed}
+        common = {"lr": self.lr, "batch_size": self.batch_size, "seed": self.seed, "case": self.case,
+                  "transliterate": self.transliterate}
         return {
             "baseline": lambda: {"hidden": self.hidden, "bits": self.bits, "epochs": self.epochs, **common},
             "best": lambda: {"hidden": self.best_hidden, "bits": self.best_bits, "epochs": self.best_epochs, **common},

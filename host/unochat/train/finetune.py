@@ -93,7 +93,7 @@ def derive(
     ck = load_checkpoint(parent_path)
     # the parent's data, found as bench finds a model's (else its recorded path, for the error to name)
     data_path = data_path or recorded_dataset(ck.info) or ck.info["dataset"]["path"]
-    data = with_store(load_training_data(data_path, ck.config.heldout, charset=ck.charset), ck.config)
+    data = with_store(load_training_data(data_path, ck.config, charset=ck.charset), ck.config)
     examples = training_examples(training_pairs(data, ck.config), ck.charset, ck.config, data.store)
     xy = examples.x, examples.y
     model = change(ck.model, examples.x)

@@ -83,7 +83,7 @@ def make_variant(variant: str, recipe: Recipe, data: str | Path, out: Path, pare
         s = recipe.settings(variant)
         config = TrainConfig(hidden=s["hidden"], formats=formats.parse_formats(s["bits"], len(s["hidden"]) + 1),
                              epochs=s["epochs"], lr=recipe.lr, batch_size=recipe.batch_size, seed=recipe.seed,
-                             heldout=heldout)
+                             heldout=heldout, case=recipe.case, transliterate=recipe.transliterate)
         return train(data, config, out, progress=progress, meta=meta)
     if variant == "pruned":
         return prune_checkpoint(parent, out, recipe.ratios, recipe.prune, criterion=recipe.criterion,

@@ -21,7 +21,7 @@ def train(
     symbols (codegen.plan.store_room: what the board leaves beside the model); the config records it."""
     start = time.perf_counter()
     check_checkpoint_path(out_path)
-    data = load_training_data(data_path, config.heldout)
+    data = load_training_data(data_path, config)
     if config.decoding == "replies" and config.store_bytes is None and store_room is not None:
         config = replace(config, store_bytes=store_room(len(data.charset)))
     data = with_store(data, config)

@@ -19,15 +19,19 @@ from ..data.features import context_features, query_features, teacher_forced_exa
 from ..model.replies import ReplyStore, encode, select_replies
 from .config import TrainConfig
 
-SHOWN_PROBLEMS = 5
+SHOWN_PER_KIND = 3
 
 
 def report_problems(dataset: Dataset) -> None:
+    """The dataset's summary (pairs, refusals per kind), then the first few refused lines of each kind;
+    `unochat data FILE --refused` lists them all."""
     print(dataset.summary())
-    for problem in dataset.problems[:SHOWN_PROBLEMS]:
-        print(f"  {problem}")
-    if len(dataset.problems) > SHOWN_PROBLEMS:
-        print(f"  ... and {len(dataset.problems) - SHOWN_PROBLEMS} more")
+    for kind, n in dataset.refusals().most_common():
+        shown = [p for p in dataset.problems if p.kind == kind][:SHOWN_PER_KIND]
+        for problem in shown:
+            print(f"  {problem}")
+        if n > len(shown):
+            print(f"  ... and {n - len(shown)} more {kind} (`unochat data {dataset.path} --refused` lists them all)")
 
 
 class TrainingData(NamedTuple):
@@ -46,9 +50,12 @@ class TrainingData(NamedTuple):
         return max(len(p.response) for p in self.dataset.pairs)
 
 
-def load_training_data(data_path: str | Path, heldout: float, charset: str | None = None) -> TrainingData:
-    """The dataset, its charset (or a model's: pairs it cannot spell are skipped) and the seeded split."""
-    dataset = load_dataset(data_path, charset=charset[:-1] if charset else None)
+def load_training_data(data_path: str | Path, config: TrainConfig, charset: str | None = None) -> TrainingData:
+    """The dataset read as the config says (case, transliteration), its charset (or a model's: pairs it
+    cannot spell are skipped) and the config's seeded held-out split."""
+    heldout = config.heldout
+    dataset = load_dataset(data_path, charset=charset[:-1] if charset else None, case=config.case,
+                           transliterate=config.transliterate)
     report_problems(dataset)
     # the charset comes from every pair, held-out ones included, so held-out replies stay spellable
     charset = charset or build_charset(dataset.pairs)
