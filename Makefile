@@ -46,16 +46,28 @@ sim: firmware $(UNOSIM)
 chat: firmware $(UNOSIM)
 	$(UNOCHAT) chat --sim
 
-# The benchmark of the default model on $(DATA) and, when the tinychat data is there, of the tinychat
-# pipeline's variants (baseline, pruned, binary, best). The pipeline is resumable: a variant already made
-# by the same recipe is skipped, so only the first `make bench` trains (about 16 minutes on 2 cores,
-# README "Results"); later runs only build, measure and time (about 3 minutes).
-bench: setup $(UNOSIM)
+# The benchmark of the default model on $(DATA), when the tinychat data is there of the tinychat
+# pipeline's variants (baseline, pruned, binary, best; upper-case, as z80ai's models), and of the
+# ChatterBot model (below). The pipeline is resumable: a variant already made by the same recipe is
+# skipped, and the ChatterBot model is made once, so only the first `make bench` trains (about 20
+# minutes on 2 cores, README "Results"); later runs only build, measure and time.
+bench: setup $(UNOSIM) $(CHATTERBOT_MODEL)
 ifdef TINYCHAT_PIPELINE
-	$(PIPELINE) --variants baseline,pruned,binary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build
+	$(PIPELINE) --variants baseline,pruned,binary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build --case upper
 endif
-	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) --json build/bench.json --plot build/bench.png
+	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
 	$(UNOCHAT) bench --kernels --json build/kernels.json
+
+# ChatterBot's English corpus: the PyPI package chatterbot-corpus (data only; --no-deps: it pins an old
+# PyYAML), installed into the venv by the bench, never vendored. Without PyPI its row is skipped.
+# The recipe: README "Real corpora" (about 3 minutes on 2 cores).
+CHATTERBOT_MODEL  := build/chatterbot/replies.npz
+CHATTERBOT_RECIPE := --hidden 128,96 --bits 1 --epochs 300 --context-buckets 64 --decoding replies --store-bytes fit
+$(CHATTERBOT_MODEL):
+	@if $(PY) -m pip install --no-deps --quiet chatterbot-corpus==1.3.3; then \
+	  $(UNOCHAT) train --data "$$($(PY) -c 'import chatterbot_corpus, pathlib; print(pathlib.Path(chatterbot_corpus.__file__).parent / "data" / "english")')" \
+	    $(CHATTERBOT_RECIPE) --out $(@:.npz=.pt); \
+	else echo "bench: chatterbot-corpus could not be installed from PyPI: the ChatterBot row is skipped"; fi
 
 # The default model: the pipeline's `best` variant on $(DATA) (and its held-out twin, for the held-out
 # figures), exported to models/default.pt + .npz and models/heldout/ (about 8 minutes). Only `best`: on

@@ -179,7 +179,7 @@ def test_the_report_counts_the_ceiling(tmp_path, capsys):
 def test_long_query_is_cut_like_the_device():
     assert normalize_query("a" * 100) == "a" * MAX_QUERY
     assert normalize_query(b"ab\x08c\x7f\x00d\xff  ") == "ad"
-    assert normalize_query("   hi   ") == "hi"
+    assert normalize_query("   hi   ") == "hi" and normalize_query("how  are   you") == "how are you"
 
 
 def test_charset_order_and_eos():

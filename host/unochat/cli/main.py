@@ -21,6 +21,7 @@ from ..board.client import REPLY_TIMEOUT, DeviceError
 from ..board.sim import SimError
 from ..codegen.layout import KERNEL_PATHS
 from ..data.dataset import CASES, SAMPLE_QUERIES, DatasetError, normalize_query
+from ..data.features import FeatureSpec
 from ..firmware.size import BuildError
 from ..model import formats
 from ..model.files import CHECKPOINT_SUFFIX, MODEL_SUFFIXES, load_int_model, model_path
@@ -131,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             case=args.case,
             transliterate=args.transliterate,
             store_bytes=None if args.store_bytes in (None, "fit") else args.store_bytes,
+            features=FeatureSpec(args.query_buckets, args.context_buckets, args.context_len),
         )
         room = None
         if args.store_bytes == "fit":
@@ -172,7 +174,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     from ..codegen.plan import store_room
     from ..data.dataset import answerable, build_charset, corpus_report, load_dataset
-    from ..data.features import FeatureSpec
     from ..model.replies import ReplyStore, encode, select_replies
 
     rows = []
@@ -477,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=int, default=TRAIN.augment, metavar="N",
                    help="also train on N seeded variants of each training query (typos, dropped/swapped words)")
     _add_reading_arguments(p, TRAIN.case)
+    p.add_argument("--query-buckets", type=int, default=TRAIN.features.query_buckets,
+                   help="hashed query trigram buckets: the first layer's first inputs (16..256, a power of 2)")
+    p.add_argument("--context-buckets", type=int, default=TRAIN.features.context_buckets,
+                   help="hashed n-gram buckets of the reply so far: the first layer's other inputs")
+    p.add_argument("--context-len", type=int, default=TRAIN.features.context_len,
+                   help="characters of the reply so far the context n-grams see (3..16)")
     p.add_argument("--decoding", choices=DECODINGS, default=TRAIN.decoding,
                    help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
                         "corpora\"); free: any string (default)")

@@ -145,7 +145,8 @@ def normalize_query(raw: str | bytes) -> str:
     """The query exactly as the device sees it after its line editor.
 
     Bytes outside printable ASCII are dropped, backspace (0x08) and DEL (0x7F) remove the previous
-    character, input beyond MAX_QUERY characters is ignored, surrounding spaces are stripped.
+    character, a space right after a space is dropped (a run of spaces is one), input beyond MAX_QUERY
+    characters is ignored, surrounding spaces are stripped.
     The firmware's line reader (templates/unochat_model.c.j2) does the same, byte for byte.
     """
     data = raw.encode("latin-1", "replace") if isinstance(raw, str) else raw
@@ -154,7 +155,7 @@ def normalize_query(raw: str | bytes) -> str:
         if byte in (0x08, 0x7F):
             if kept:
                 kept.pop()
-        elif is_printable(chr(byte)) and len(kept) < MAX_QUERY:
+        elif is_printable(chr(byte)) and len(kept) < MAX_QUERY and not (byte == 0x20 and kept and kept[-1] == " "):
             kept.append(chr(byte))
     return "".join(kept).strip(" ")
 
@@ -193,7 +194,7 @@ def recorded_dataset(meta: dict) -> Path | None:
     relative to the repo (a pipeline run elsewhere records its own paths). None if it is not here."""
     named = (meta.get("dataset") or {}).get("path")
     for candidate in ([Path(named), REPO / named] if named else []):
-        if candidate.is_file():
+        if candidate.exists():  # a file, or a directory of YAML files
             return candidate
     return None
 

@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..board.client import TimedReply, UnoClient
+from ..data.dataset import MAX_QUERY
 from ..model import reference
 from ..model.intmodel import IntModel
 
@@ -21,10 +22,12 @@ def steps_with_network(timed: TimedReply, model: IntModel) -> int:
 
 def uart_cycles_per_char(client: UnoClient, replies: list[str]) -> float:
     """Cycles the firmware spends per character writing replies to the UART as a chat does (`!u`): `!t`
-    times the model alone. 0.0 if no reply has a character."""
-    texts = [r.strip() for r in replies if r.strip()]
-    chars = sum(len(t) for t in texts)
-    return sum(client.uart_cycles(t) for t in texts) / chars if chars else 0.0
+    times the model alone. `!u` takes a line of at most MAX_QUERY characters, so longer replies go in
+    pieces. 0.0 if no reply has a character."""
+    pieces = [piece for r in replies for start in range(0, len(r), MAX_QUERY)
+              if (piece := r[start:start + MAX_QUERY].strip())]
+    chars = sum(len(p) for p in pieces)
+    return sum(client.uart_cycles(p) for p in pieces) / chars if chars else 0.0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ TF   teacher-forced accuracy: the share of next-character predictions (every res
      predicts as it decodes (the allowed symbol with the largest logit; a step forced by the store is right).
 EM   exact match: the share of pairs whose generated reply (reference.generate, free or reply-constrained)
      equals the response, character for character; nothing is stripped or case-folded.
-loss mean cross-entropy of the teacher-forced targets under softmax(int logits * logit_scale), in nats;
-     None for a model without logit_scale (an imported z80ai model).
+loss mean cross-entropy of the teacher-forced targets under softmax(int logits * logit_scale), in nats
+     (a model with stored replies: where the store leaves a choice, among the allowed symbols); None for a
+     model without logit_scale (an imported z80ai model).
 """
 from __future__ import annotations
 
@@ -52,12 +53,29 @@ def exact_match(model: IntModel, pairs: list[Pair]) -> float:
     return float(np.mean([r == p.response for r, p in zip(replies, pairs)]))
 
 
-def cross_entropy(model: IntModel, pairs: list[Pair]) -> float | None:
-    _require(pairs)
+def _loss(model: IntModel, logits: np.ndarray, y: np.ndarray, prefixes: list[str]) -> float | None:
+    """Cross-entropy of the targets; for a model with stored replies only where the store leaves a choice
+    that includes the target, among the allowed symbols (the only ones it ever chooses from)."""
     if model.logit_scale is None:
         return None
+    if model.store is None:
+        return _cross_entropy(logits, y, model.logit_scale)
+    rows, masks = [], []
+    for row, (prefix, target) in enumerate(zip(prefixes, y)):
+        allowed = reference.allowed_symbols(model, prefix)
+        if len(allowed) > 1 and target in allowed:
+            rows.append(row)
+            masks.append(np.isin(np.arange(logits.shape[1]), allowed))
+    if not rows:
+        return None
+    masked = np.where(np.stack(masks), logits[rows].astype(np.float64), -np.inf)
+    return _cross_entropy(masked, y[rows], model.logit_scale)
+
+
+def cross_entropy(model: IntModel, pairs: list[Pair]) -> float | None:
+    _require(pairs)
     x, y = teacher_forced_examples(pairs, model.charset, model.features)
-    return _cross_entropy(reference.logits(model, x), y, model.logit_scale)
+    return _loss(model, reference.logits(model, x), y, teacher_forced_prefixes(pairs))
 
 
 def evaluate(model: IntModel, pairs: list[Pair]) -> dict:
@@ -65,9 +83,9 @@ def evaluate(model: IntModel, pairs: list[Pair]) -> dict:
     _require(pairs)
     x, y = teacher_forced_examples(pairs, model.charset, model.features)
     logits = reference.logits(model, x)
-    loss = None if model.logit_scale is None else _cross_entropy(logits, y, model.logit_scale)
+    prefixes = teacher_forced_prefixes(pairs)
     return {
-        "tf": float(np.mean(reference.choices(model, logits, teacher_forced_prefixes(pairs)) == y)),
+        "tf": float(np.mean(reference.choices(model, logits, prefixes) == y)),
         "em": exact_match(model, pairs),
-        "loss": loss,
+        "loss": _loss(model, logits, y, prefixes),
     }
