@@ -46,6 +46,12 @@ sim: firmware $(UNOSIM)
 chat: firmware $(UNOSIM)
 	$(UNOCHAT) chat --sim
 
+# ChatterBot's English corpus: the PyPI package chatterbot-corpus (data only; --no-deps: it pins an old
+# PyYAML), installed into the venv by the bench, never vendored. Without PyPI its row is skipped.
+# The recipe: README "Real corpora" (under a minute of training on 2 cores).
+CHATTERBOT_MODEL  := build/chatterbot/replies.npz
+CHATTERBOT_RECIPE := --hidden 128,96 --bits 1 --epochs 300 --context-buckets 64 --decoding replies --store-bytes fit
+
 # The benchmark of the default model on $(DATA), when the tinychat data is there of the tinychat
 # pipeline's variants (baseline, pruned, binary, best; upper-case, as z80ai's models), and of the
 # ChatterBot model (below). The pipeline is resumable: a variant already made by the same recipe is
@@ -58,11 +64,6 @@ endif
 	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
 	$(UNOCHAT) bench --kernels --json build/kernels.json
 
-# ChatterBot's English corpus: the PyPI package chatterbot-corpus (data only; --no-deps: it pins an old
-# PyYAML), installed into the venv by the bench, never vendored. Without PyPI its row is skipped.
-# The recipe: README "Real corpora" (about 3 minutes on 2 cores).
-CHATTERBOT_MODEL  := build/chatterbot/replies.npz
-CHATTERBOT_RECIPE := --hidden 128,96 --bits 1 --epochs 300 --context-buckets 64 --decoding replies --store-bytes fit
 $(CHATTERBOT_MODEL):
 	@if $(PY) -m pip install --no-deps --quiet chatterbot-corpus==1.3.3; then \
 	  $(UNOCHAT) train --data "$$($(PY) -c 'import chatterbot_corpus, pathlib; print(pathlib.Path(chatterbot_corpus.__file__).parent / "data" / "english")')" \
