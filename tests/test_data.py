@@ -204,3 +204,15 @@ def test_tinychat_matches_z80ai_counts():
     assert build_charset(data.pairs) == " ABCDEFGHIJKLMNOPQRSTUVWXYZ012345678!/?" + EOS
     train, held = split_heldout(data.pairs, 0.1, seed=0)
     assert len(held) == 299
+
+
+def test_chatterbot_english_as_the_package_lays_it_out():
+    """The PyPI package chatterbot-corpus (installed by `make bench`, not by the tests)."""
+    corpus = pytest.importorskip("chatterbot_corpus", reason="chatterbot-corpus is not installed (make bench does)")
+    from pathlib import Path
+
+    data = load_dataset(Path(corpus.__file__).parent / "data" / "english")
+    # 2,306 turn pairs and one conversation YAML reads as a string (trivia.yml line 35: a "- " missing)
+    assert len(data.pairs) + len(data.problems) == 2307
+    assert data.refusals() == {"long_response": 52, "non_ascii": 1, "not_text": 1}
+    assert all(p.query == normalize_query(p.query) for p in data.pairs)

@@ -198,3 +198,24 @@ def test_the_store_gets_what_the_board_leaves(tmp_path, capsys) -> None:
     assert flash_bytes(model, plan_layers(model)) <= 32_256
     assert cli.main(["train", "--data", str(data), "--store-bytes", "fit", "--out", str(out)]) == 2
     assert "goes with --decoding replies" in capsys.readouterr().err
+
+
+def test_the_bench_counts_every_pair_of_the_corpus(tmp_path) -> None:
+    """em_corpus over every pair (refused ones count as misses), em_held over the pairs whose reply is stored."""
+    from unochat.measure import bench
+
+    model = store_model(EDGE_STORES["a prefix of another"])
+    lines = [f"{p.query}|{r}\n" for p, r in zip(DEFAULT_PAIRS[::97], ["NO", "NOPE", "MAYBE", "YES"] * 10)]
+    data = tmp_path / "c.txt"
+    data.write_text("".join(lines) + "x|a refused line\n")
+    model.meta = {"dataset": {"path": str(data)}, "config": {"case": "keep"}}
+    model.save(tmp_path / "m.npz")
+    (row,) = bench.bench([tmp_path / "m.npz"], build=False, log=lambda _: None)
+    pairs = [line.rstrip("\n").split("|") for line in lines]
+    replies = reference.generate(model, [q for q, _ in pairs])
+    right = [r == want for r, (_, want) in zip(replies, pairs)]
+    held = [want in model.store for _, want in pairs]
+    assert (row.corpus_pairs, row.held_pairs, row.decoding, row.stored) == (len(pairs) + 1, sum(held), "replies", 5)
+    assert row.em_corpus == pytest.approx(sum(right) / (len(pairs) + 1))
+    assert row.em_held == pytest.approx(sum(r for r, h in zip(right, held) if h) / sum(held))
+    assert 0.0 <= row.typed_same <= 1.0
