@@ -46,3 +46,30 @@ def test_layer_too_big_to_compile_is_refused_before_compiling(firmware_project):
     assert "over by 112,256 B before any code" in message
     assert "256x256 int8 layer is 65,536 B" in message
     assert not (firmware_project / "build").exists()
+
+
+def test_fixed_code_leaves_flash_to_weights_and_replies(firmware_project, capsys):
+    """The firmware's fixed code: a model of a few hundred bytes (256-16-41, 1-bit: 868 B of weight and
+    requantization tables) built with the planner's plan, its smallest fast plan (what it falls back to
+    when weights and replies need the flash) and the C kernels; flash minus the tables."""
+    from dataclasses import replace
+
+    from unochat.codegen.layout import layer_context
+    from unochat.codegen.plan import UNROLLS, plan_layers
+
+    from conftest import chatty_model
+    from test_device import DEFAULT_PAIRS
+
+    model = chatty_model(1, ["1bit"] * 2, [16], DEFAULT_PAIRS)
+    model.meta["density"] = [0.15, 0.4]
+    fastest = plan_layers(model)
+    tables = sum(layer_context(model, i, k, fastest, arrays=False)["weight_bytes"]
+                 + layer_context(model, i, k, fastest, arrays=False)["requant_bytes"]
+                 for i, k in enumerate(fastest.kernels))
+    smallest = replace(fastest, unroll=UNROLLS[-1], skip_zeros=[False] * 2)
+    fixed = {}
+    for name, kernels, plan in (("planner's", "fast", fastest), ("smallest fast", "fast", smallest), ("C", "c", None)):
+        fixed[name] = build_firmware(model, firmware_project, kernels=kernels, plan=plan, quiet=True).flash_bytes - tables
+    with capsys.disabled():
+        print(f"\nfixed code beside {tables} B of tables: " + ", ".join(f"{k} {v:,} B" for k, v in fixed.items()))
+    assert fixed["C"] < fixed["smallest fast"] <= 6_000 < fixed["planner's"]

@@ -69,6 +69,7 @@ class BenchRow:
     em_corpus: float = 0.0  # exact matches over corpus_pairs
     em_held: float = 0.0  # exact matches over held_pairs
     typed_same: float | None = None  # share of queries typed differently (case, punctuation, spacing, a typo) whose reply stays the same
+    typed_same_by_kind: dict = field(default_factory=dict)  # the same per way of typing differently
     flash_bytes: int | None = None
     sram_bytes: int | None = None
     fits: bool | None = None
@@ -164,16 +165,19 @@ def corpus_figures(model: IntModel, dataset: Dataset, seed: int = 0) -> dict:
     replies = dict(zip(queries, reference.generate(model, queries)))
     right = [replies[p.query] == p.response for p in pairs]
     rng = np.random.default_rng(seed)
-    variants = [(q, v) for q in queries for kind in TYPED_DIFFERENTLY
+    variants = [(q, v, kind) for q in queries for kind in TYPED_DIFFERENTLY
                 if (v := typed_differently(q, kind, rng)) != q and v]
-    variant_replies = reference.generate(model, [v for _, v in variants])
-    same = [replies[q] == r for (q, _), r in zip(variants, variant_replies)]
+    variant_replies = reference.generate(model, [v for _, v, _ in variants])
+    same = [replies[q] == r for (q, _, _), r in zip(variants, variant_replies)]
+    kinds = [kind for _, _, kind in variants]
     return {
         "corpus_pairs": len(pairs) + len(dataset.problems),
         "held_pairs": sum(held),
         "em_corpus": sum(right) / (len(pairs) + len(dataset.problems)),
         "em_held": sum(r for r, h in zip(right, held) if h) / max(sum(held), 1),
         "typed_same": float(np.mean(same)) if same else None,
+        "typed_same_by_kind": {kind: float(np.mean([s for s, k in zip(same, kinds) if k == kind]))
+                               for kind in dict.fromkeys(kinds)},
     }
 
 

@@ -26,6 +26,8 @@ def train(
         config = replace(config, store_bytes=store_room(len(data.charset)))
     data = with_store(data, config)
     examples = training_examples(training_pairs(data, config), data.charset, config, data.store)
+    where = " (only where the store leaves a choice)" if data.store is not None else ""
+    print(f"{len(examples.y):,} training examples{where}")
     model = new_model(config, len(data.charset))
     fitted = fit(model, (examples.x, examples.y), config, data.charset, config.features, progress=progress,
                  allowed=examples.allowed)
