@@ -165,3 +165,21 @@ def test_int8_16bit_sums_into_i16_outputs():
     host = HostModel(model)
     np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
     host.close()
+
+
+@pytest.mark.parametrize("act", ["u8", "i16"])
+def test_sparse_layers_logits(act):
+    """The sparse C layout (model/formats.py pack_sparse) on every layer: 2-bit -2 weights as exceptions,
+    ternary rows, rows of 13 inputs (a mask byte not full), zero inputs skipped."""
+    from unochat.codegen.kernels import LayerKernel
+    from unochat.codegen.layout import Plan
+
+    layer_formats = ["2bit", "ternary", "2bit", "ternary"]
+    for seed in range(2):
+        model = random_model(seed, layer_formats, HIDDEN, act)
+        plan = Plan([LayerKernel(f, "sparse") for f in layer_formats], False, [])
+        host = HostModel(model, plan=plan)
+        assert "L0_minus2" in (host.dir / "unochat_model.c").read_text()
+        x = random_inputs(seed, 200, model.shape[0])
+        np.testing.assert_array_equal(host.logits(x), reference.logits(model, x))
+        host.close()

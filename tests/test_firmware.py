@@ -22,11 +22,23 @@ def test_default_model_firmware_fits(firmware_project):
     assert UNO.sram - report.sram_bytes >= UNO.stack_reserve
 
 
-def test_z80ai_model_is_refused_with_the_budget_message(firmware_project):
+def test_z80ai_stock_model_fits_sparse(firmware_project):
+    """z80ai's tinychat model, unmodified (145,000 weights, 2-bit levels, 74% of them 0): its 2-bit planes
+    (36 KB) do not fit, the sparse layout does."""
     need_shared()
     model = load_z80ai(TINYCHAT_MODEL)
+    report = build_firmware(model, firmware_project, quiet=True)
+    assert report.flash_bytes <= UNO.flash_limit and UNO.sram - report.sram_bytes >= UNO.stack_reserve
+    generated = (firmware_project / "firmware" / "generated" / "unochat_model.c").read_text()
+    assert generated.count("sparse (") == 4 and "L0_minus2" in generated
+
+
+def test_a_model_too_big_is_refused_with_the_budget_message(firmware_project):
+    from conftest import random_model
+
+    model = random_model(0, ["2bit"] * 4, [256, 192, 128])  # random levels: a quarter 0, sparse does not save enough
     with pytest.raises(BudgetError) as excinfo:
-        build_firmware(model, firmware_project)
+        build_firmware(model, firmware_project, quiet=True)
     report = excinfo.value.report
     assert report.flash_bytes > UNO.flash_limit
     message = str(excinfo.value)

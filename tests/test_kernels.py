@@ -210,6 +210,10 @@ DEVICE_CASES = {
     "2bit-pair8": (["2bit"] * 4, [40, 36, 20], FeatureSpec(),
                    _plan(LayerKernel("2bit", list_), LayerKernel("2bit", skip_), LayerKernel("2bit", list_),
                          LayerKernel("2bit", dense_), skip=[True, True, True, False], pair8=True, unroll=16)),
+    # ternary on the 2-bit bit planes (first layer listed, cached) and the sparse C layout after it, with
+    # 2-bit -2 weights as exceptions in the last layer
+    "sparse": (["ternary", "ternary", "2bit"], [40, 24], FeatureSpec(),
+               _plan(LayerKernel("ternary", list_), LayerKernel("ternary", "sparse"), LayerKernel("2bit", "sparse"))),
     # int8: 24-bit sums (wide), and 16-bit ones where the bound allows
     "int8": (["int8"] * 3, [24, 16], FeatureSpec(64, 64),
              _plan(LayerKernel("int8", skip_, 24), LayerKernel("int8", dense_, 24), LayerKernel("int8", skip_, 24),

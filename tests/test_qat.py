@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -101,6 +102,29 @@ def test_2bit_uses_z80ai_levels_and_int8_keeps_127_levels():
     levels8, scale8 = qat.weight_levels(w, "int8")
     assert levels8.abs().max() == 127 and len(levels8.unique()) > 100
     assert torch.allclose(levels8 * scale8, w, atol=float(scale8.max()) / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.74])
+def test_ternary_zeroes_each_rows_smallest_weights(sparsity):
+    torch.manual_seed(0)
+    w = torch.randn(16, 200)
+    levels, scale = qat.weight_levels(w, "ternary", sparsity)
+    assert set(levels.unique().tolist()) == {-1.0, 0.0, 1.0}
+    zeros = (levels == 0).float().mean(dim=1)
+    assert torch.allclose(zeros, torch.full((16,), round(sparsity * 200) / 200))
+    kept = levels != 0
+    assert all(w[r].abs()[kept[r]].min() >= w[r].abs()[~kept[r]].max() for r in range(16))  # per row
+    assert torch.equal(torch.sign(w)[kept], levels[kept])
+    assert torch.allclose(scale[:, 0], (w.abs() * kept).sum(dim=1) / kept.sum(dim=1))
+
+
+def test_ternary_trains_and_exports_at_its_sparsity(examples):
+    model, _ = fitted_model(examples, formats=["ternary"] * 3, sparsity=0.6, epochs=2)
+    charset = examples[1]
+    int_model = qat.export_int_model(model, charset, SPEC)
+    for layer in int_model.layers:
+        assert layer.fmt == "ternary" and set(np.unique(layer.weight)) <= {-1, 0, 1}
+        assert (layer.weight == 0).mean() == pytest.approx(round(0.6 * layer.n_in) / layer.n_in)
 
 
 def test_activation_is_uint8_round_half_up_with_lsq_step_gradient():
@@ -220,7 +244,7 @@ def test_parse_bits_and_config_checks():
     assert parse_formats("1,1,2,8", 4) == ["1bit", "1bit", "2bit", "int8"]
     with pytest.raises(FormatError, match="3 weight formats for 4 layers"):
         parse_formats("1,2,8", 4)
-    with pytest.raises(FormatError, match="unknown weight format .4.: use 1bit \\(1\\), 2bit \\(2\\), int8 \\(8\\)"):
+    with pytest.raises(FormatError, match=re.escape("unknown weight format '4': use 1bit (1), 2bit (2), ternary (t), int8 (8)")):
         parse_formats("4", 2)
     with pytest.raises(ValueError, match="1..1024"):
         TrainConfig(hidden=[1100, 192])

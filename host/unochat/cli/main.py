@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             case=args.case,
             transliterate=args.transliterate,
             store_bytes=None if args.store_bytes in (None, "fit") else args.store_bytes,
+            sparsity=args.sparsity,
             features=FeatureSpec(args.query_buckets, args.context_buckets, args.context_len),
         )
         room = None
@@ -162,6 +163,7 @@ def cmd_import_z80ai(args: argparse.Namespace) -> int:
     model.name = out.stem
     if args.data:
         _record_density(model, args.data)
+        model.meta["dataset"] = {"path": str(args.data)}  # where the bench takes its queries and quality
     model.save(out)
     print(f"{model.describe()}\nwrote {out}")
     return 0
@@ -282,7 +284,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..train.finetune import quantize_checkpoint
 
     with _settings_errors():
-        result = quantize_checkpoint(args.model, args.out, args.bits, _fine_tune(args), data_path=args.data)
+        result = quantize_checkpoint(args.model, args.out, args.bits, _fine_tune(args), sparsity=args.sparsity,
+                                     data_path=args.data)
     print(result.summary())
     return 0
 
@@ -484,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hashed n-gram buckets of the reply so far: the first layer's other inputs")
     p.add_argument("--context-len", type=int, default=TRAIN.features.context_len,
                    help="characters of the reply so far the context n-grams see (3..16)")
+    p.add_argument("--sparsity", type=float, default=TRAIN.sparsity,
+                   help=f"ternary layers (--bits t): the share of each row's weights that are 0 (default {TRAIN.sparsity:g})")
     p.add_argument("--decoding", choices=DECODINGS, default=TRAIN.decoding,
                    help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
                         "corpora\"); free: any string (default)")
@@ -553,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="give a trained model new weight formats (latent weights kept), fine-tune it")
     p.add_argument("model", help="training checkpoint (.pt)")
     p.add_argument("--bits", type=_formats, required=True, help=f"{formats.choices()}; per layer: 1,1,2,8")
+    p.add_argument("--sparsity", type=float, help="ternary layers: the share of zero weights (default: the model's)")
     _add_fine_tune_arguments(p)
     p.set_defaults(func=cmd_quantize)
 

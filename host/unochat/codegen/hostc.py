@@ -11,17 +11,19 @@ import numpy as np
 
 from ..data.dataset import MAX_QUERY
 from ..model.intmodel import IntModel
+from .layout import Plan
 from .render import render
 
 
 class HostModel:
     """One model's generated C as a shared library."""
 
-    def __init__(self, model: IntModel, workdir: Path | None = None, kernels: str = "fast") -> None:
+    def __init__(self, model: IntModel, workdir: Path | None = None, kernels: str = "fast",
+                 plan: Plan | None = None) -> None:
         self.model = model
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="unochat-hostc-")
         self.dir = Path(workdir or self._tmp.name)
-        render(model, self.dir, kernels=kernels)
+        render(model, self.dir, kernels=kernels, plan=plan)
         lib = self.dir / "libunochat_model.so"
         cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
                str(self.dir / "unochat_model.c"), "-o", str(lib)]

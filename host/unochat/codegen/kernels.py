@@ -31,11 +31,13 @@ KERNEL_FRAME = 14  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
 # measured with `unochat bench --kernels`; the per-input costs are the format registry's.
 COST_PER_CALL = 130.0
 COST_COMPACT = 10.0
+C_LOOPS = ("c", "sparse")
 
 
 @dataclass(frozen=True)
 class LayerKernel:
-    """How the fast path computes one layer's sums: `loop` is "dense", "skip", "list" (assembly) or "c"."""
+    """How the fast path computes one layer's sums: `loop` is "dense", "skip", "list" (assembly), "c" (C over
+    row-major weights) or "sparse" (C over the sparse layout of model/formats.py)."""
 
     fmt: str
     loop: str
@@ -46,6 +48,11 @@ class LayerKernel:
         return formats.get(self.fmt)
 
     @property
+    def is_c(self) -> bool:
+        """A C kernel (no assembly): one output neuron at a time, requantized in C."""
+        return self.loop in C_LOOPS
+
+    @property
     def bit_planes(self) -> bool:
         """Bit-plane kernels (1bit, 2bit): one byte per input holds a block's bits."""
         return self.format.kernel == "bits"
@@ -53,12 +60,12 @@ class LayerKernel:
     @property
     def wraps(self) -> bool:
         """The kernel's sums are kept mod 2^16 (int8, 16-bit): only the 16-bit form of the sum is exact."""
-        return not self.bit_planes and self.acc_bits == 16 and self.loop != "c"
+        return not self.bit_planes and self.acc_bits == 16 and not self.is_c
 
     @property
     def block(self) -> int:
         """Output neurons per kernel call: the sums one call keeps in registers."""
-        if self.loop == "c":
+        if self.is_c:
             return 1
         # int8 skipping zeros with 24-bit sums: 7 (a register holds 0 for the carries)
         return 7 if not self.bit_planes and (self.acc_bits, self.loop) == (24, "skip") else self.format.block
@@ -76,7 +83,7 @@ class LayerKernel:
     @property
     def asm(self) -> str | None:
         """The assembly kernel's name without its `uk_` prefix."""
-        if self.loop == "c":
+        if self.is_c:
             return None
         return f"bits_{self.loop}" if self.bit_planes else f"i8_{self.loop}{self.acc_bits}"
 
@@ -90,6 +97,9 @@ def layer_cycles(layer: IntLayer, kernel: LayerKernel, density: float, inputs: i
     """Estimated cycles of one layer's sums over `inputs` of its inputs (default all) at a fraction
     `density` of them nonzero; requantization is left out (the same for every kernel)."""
     inputs = layer.n_in if inputs is None else inputs
+    if kernel.loop == "sparse":
+        nonzero, zero = formats.SPARSE_CYCLES_PER_WEIGHT
+        return (density * nonzero + (1 - density) * zero) * inputs * layer.n_out
     if kernel.loop == "c":
         return kernel.format.c_cycles_per_weight * inputs * layer.n_out
     nonzero, zero = formats.FAMILIES[kernel.format.family(kernel.acc_bits)].cost[kernel.loop]
@@ -104,10 +114,16 @@ def int8_acc_bits(model: IntModel, index: int) -> int:
     return 16 if int(model.acc_bounds(index).max()) < 2**15 else 24
 
 
+def c_kernels(layer: IntLayer) -> list[LayerKernel]:
+    """The C kernels a layer can run on: row-major, and sparse where its format and size allow."""
+    sparse = formats.get(layer.fmt).sparse and layer.weight.size <= formats.SPARSE_MAX_WEIGHTS
+    return [LayerKernel(layer.fmt, "c")] + ([LayerKernel(layer.fmt, "sparse")] if sparse else [])
+
+
 def candidate_kernels(model: IntModel, index: int) -> list[LayerKernel]:
     layer = model.layers[index]
     if index > 0 and model.layers[index - 1].act != "u8":  # i16 inputs: the C kernels only
-        return [LayerKernel(layer.fmt, "c")]
+        return c_kernels(layer)
     if formats.get(layer.fmt).kernel == "int8":
         acc = int8_acc_bits(model, index)
         # the first layer walks its query half with skip, in the layer's layout: 24-bit skip blocks are 7 wide
@@ -138,7 +154,7 @@ def requant_mode(model: IntModel, index: int, kernel: LayerKernel, step: bool = 
     (libgcc's 32 x 16 multiply: i16 outputs, and layers of more than 256 inputs, whose 16-bit kernel
     sums the C adds up in 32 bits). `step`: the first layer while replying, whose sums are small."""
     layer = model.layers[index]
-    if kernel.loop == "c" or layer.act == "i16" or layer.n_in > 256:
+    if kernel.is_c or layer.act == "i16" or layer.n_in > 256:
         return "c"
     bound = int(model.acc_bounds(index).max())
     if step:

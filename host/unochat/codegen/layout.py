@@ -42,12 +42,12 @@ class Plan:
     def asm_kernels(self) -> list[str]:
         """The assembly kernels this plan calls (the first layer also walks its query half with skip)."""
         names = {k.asm for k in self.kernels[1 if self.pair8 else 0:] if k.asm}
-        if self.kernels[0].loop != "c":
+        if not self.kernels[0].is_c:
             names.add(self.kernels[0].query_kernel.asm)
         if any(k.loop == "list" for k in self.kernels):
             names.add("compact")
         # T of the first layer (unochat_logits walks it whole) and of the layers that do not list
-        if self.kernels[0].loop != "c" or any(k.loop in ("dense", "skip") for k in self.kernels[1:]):
+        if not self.kernels[0].is_c or any(k.loop in ("dense", "skip") for k in self.kernels[1:]):
             names.add("sum")
         if self.pair8:
             names.add("bits_pair8")
@@ -131,7 +131,12 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     buffers = ("act_a", "act_b")
     uniform = bool((layer.mult == layer.mult[0]).all())
     narrow = bool((np.abs(layer.bias) < 2**15).all())
-    if kernel.loop == "c":
+    sparse = None
+    if kernel.loop == "sparse":
+        sparse = formats.pack_sparse(layer.weight)
+        packed = np.concatenate([a.view(np.uint8) for a in sparse])  # only its size: the arrays go apart
+        blocks = layer.n_out
+    elif kernel.loop == "c":
         packed = formats.get(layer.fmt).pack_rows(layer.weight)
         blocks = layer.n_out
     else:
@@ -155,9 +160,13 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
         "mult_const": int(layer.mult[0]) if uniform else None,
         "bias_ctype": "int16_t" if narrow else "int32_t",
         "fmt": layer.fmt,
+        "enc": formats.get(layer.fmt).encoding,  # what the templates branch on: formats sharing one share code
+        "dot": "sparse" if kernel.loop == "sparse" else formats.get(layer.fmt).encoding,  # a C layer's dot product
         "n_in": layer.n_in,
         "n_out": layer.n_out,
         "row_bytes": packed.size // layer.n_out if kernel.loop == "c" else None,
+        "mask_row_bytes": -(-layer.n_in // 8),  # the sparse layout's mask bytes a row
+        "exceptions_n": sparse[2].size if sparse is not None else 0,
         "weight_bytes": packed.size,
         "blocks": blocks,
         "block_bytes": layer.n_in * kernel.input_bytes,
@@ -185,6 +194,9 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     }
     if arrays:
         thresholds = zero_thresholds(layer, mode) if skip_zeros else None
+        if sparse is not None:
+            context.update(mask=_c_array(sparse[0]), signs=_c_array(sparse[1]), signs_n=max(sparse[1].size, 1),
+                           exceptions=_c_array(sparse[2]))
         context.update(
             weight_rows=_c_array(packed),
             rq_table=_c_array(requant_table(layer, not uniform, 2 if narrow else 4, thresholds, theta_bytes)),
@@ -195,13 +207,14 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
 
 
 def _c_kernels(model: IntModel, layers: list[dict]) -> list[dict]:
-    """The C path's dot products, one per weight format and input type used by C-kernel layers."""
+    """The C kernels' dot products, one per kind (`dot`: an encoding over row-major weights, or "sparse")
+    and input type used by C-kernel layers."""
     kernels = []
-    c_layers = [(i, l) for i, l in enumerate(layers) if l["kernel"].loop == "c"]
-    for fmt, act in sorted({(l["fmt"], l["in_act"]) for _, l in c_layers}):
+    c_layers = [(i, l) for i, l in enumerate(layers) if l["kernel"].is_c]
+    for dot, act in sorted({(l["dot"], l["in_act"]) for _, l in c_layers}):
         # S of the 1-bit kernel (a sum of inputs) must not wrap: 16 bits while it is proven below 2^16
-        widest = max(model.input_max(i) * l["n_in"] for i, l in c_layers if (l["fmt"], l["in_act"]) == (fmt, act))
-        kernels.append({"fmt": fmt, "act": act, "ctype": CTYPE[act], "sum_type": "uint16_t" if widest < 2**16 else "uint32_t"})
+        widest = max(model.input_max(i) * l["n_in"] for i, l in c_layers if (l["dot"], l["in_act"]) == (dot, act))
+        kernels.append({"dot": dot, "act": act, "ctype": CTYPE[act], "sum_type": "uint16_t" if widest < 2**16 else "uint32_t"})
     return kernels
 
 
@@ -212,7 +225,7 @@ def rq_routines(layers: list[dict]) -> list[dict]:
     for l in layers:
         if l["rq"] == "c":
             continue
-        common = {"layer": l, "fmt": l["fmt"]}
+        common = {"layer": l, "fmt": l["fmt"], "enc": l["enc"]}
         routines.append({"name": f"uk_rq{l['index']}", "mode": l["rq"], "skip": l["rq_skip"],
                          "stride": l["rq_step_stride"], **common})
         if l["rq_logits_routine"] != routines[-1]["name"]:

@@ -32,7 +32,7 @@ from ..model import formats
 from ..model.density import default_density
 from ..model.intmodel import IntLayer, IntModel
 from ..model.replies import encode
-from .kernels import KERNEL_FRAME, SUMS_BYTES, LayerKernel, candidate_kernels, layer_cycles, requant_mode
+from .kernels import KERNEL_FRAME, SUMS_BYTES, LayerKernel, c_kernels, candidate_kernels, layer_cycles, requant_mode
 from .layout import (
     ASSEMBLY,
     KERNEL_PATHS,
@@ -74,7 +74,7 @@ def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
     if cache:
         state += cache_bytes(model, kernels[0])
     firmware = FIRMWARE_SRAM + 4 * (len(model.layers) + 3)
-    sums = SUMS_BYTES + KERNEL_FRAME if any(k.loop != "c" for k in kernels) else 0
+    sums = SUMS_BYTES + KERNEL_FRAME if any(not k.is_c for k in kernels) else 0
     return firmware + sum(act_buffers(model)) + state + list_bytes(model, kernels) + sums
 
 
@@ -83,9 +83,9 @@ def flash_bytes(model: IntModel, plan: Plan) -> int:
     instruction unochat_kernels.S uses is one 16-bit word), the C as measured."""
     layers = [layer_context(model, i, k, plan, arrays=False) for i, k in enumerate(plan.kernels)]
     tables = sum(l["weight_bytes"] + l["requant_bytes"] for l in layers)
-    code = sum(C_LAYER_FLASH if k.loop == "c" else k.format.first_layer_flash if i == 0 else FAST_LAYER_FLASH
+    code = sum(C_LAYER_FLASH if k.is_c else k.format.first_layer_flash if i == 0 else FAST_LAYER_FLASH
                for i, k in enumerate(plan.kernels))
-    code += C_REQUANT_FLASH * sum(l["kernel"].loop != "c" and l["rq"] == "c" for l in layers)
+    code += C_REQUANT_FLASH * sum(not l["kernel"].is_c and l["rq"] == "c" for l in layers)
     assembly = 0
     if plan.asm_kernels():
         text = environment().get_template(ASSEMBLY + ".j2").render(**template_context(model, plan, "fast", layers))
@@ -129,7 +129,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
     skip = [model.layers[i].act == "u8" and density[i + 1] < SKIP_ZEROS_BELOW for i in range(n - 1)] + [False]
 
     def make_plan(kernels: list[LayerKernel], skip: list[bool], unroll: int) -> Plan:
-        cached = cache and kernels[0].loop != "c"
+        cached = cache and not kernels[0].is_c
         # a bit-plane first layer's sums while replying fit 8 bits: uk_bits_pair8 runs its context half
         pair8 = cached and kernels[0].loop == "list" and requant_mode(model, 0, kernels[0], step=True) != "c"
         return Plan(kernels, cached, density, skip, pair8, unroll, note)
@@ -143,9 +143,11 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
                 if flash_bytes(model, candidate) <= board.flash_limit:
                     return candidate
     kernels, skip = list(kernels), [False] * n
-    while any(k.loop != "c" for k in kernels):
-        biggest = max((i for i, k in enumerate(kernels) if k.loop != "c"), key=lambda i: model.layers[i].weight.size)
-        kernels[biggest] = LayerKernel(model.layers[biggest].fmt, "c")
+    while any(not k.is_c for k in kernels):
+        # the largest layer still in assembly goes to its smallest C kernel (sparse, where it is smaller)
+        biggest = max((i for i, k in enumerate(kernels) if not k.is_c), key=lambda i: model.layers[i].weight.size)
+        kernels[biggest] = min(c_kernels(model.layers[biggest]),
+                               key=lambda k, i=biggest: layer_context(model, i, k, c_plan(model), arrays=False)["weight_bytes"])
         if flash_bytes(model, make_plan(kernels, skip, UNROLLS[-1])) <= board.flash_limit:
             break
     return make_plan(kernels, skip, UNROLLS[-1])

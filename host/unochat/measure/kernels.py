@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..board.client import UnoClient, connect
-from ..codegen.kernels import LayerKernel, candidate_kernels, int8_acc_bits
+from ..codegen.kernels import LayerKernel, c_kernels, candidate_kernels, int8_acc_bits
 from ..codegen.layout import KERNEL_PATHS, Plan
 from ..data.features import FeatureSpec
 from ..firmware.build import build_for_simulator
@@ -45,6 +45,7 @@ EXPANDER_INPUTS = 32  # layer 0's inputs: FeatureSpec(16, 16)
 SHAPES = {
     "1bit": ((256, 256), (256, 128), (128, 128), (128, 40)),
     "2bit": ((256, 256), (256, 128), (128, 128), (128, 40)),
+    "ternary": ((256, 256), (256, 128), (128, 128), (128, 40)),
     "int8": ((256, 64), (128, 64), (128, 128), (128, 40)),
     "int8/16": ((256, 64), (128, 64), (128, 128), (128, 40)),
 }
@@ -157,6 +158,8 @@ def random_layer(rng: np.random.Generator, fmt: str, n_in: int, n_out: int, last
         weight = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_out, n_in))
         weight[:, 128:] = 0
         fmt = "int8"
+    elif fmt == "ternary":  # z80ai's tinychat model: 74% of its weights 0, the rest half -1, half +1
+        weight = rng.choice(np.array([-1, 0, 1], dtype=np.int8), p=[0.13, 0.74, 0.13], size=(n_out, n_in))
     else:
         weight = rng.choice(formats.get(fmt).levels, size=(n_out, n_in)).astype(np.int8)
     mult = rng.integers(1, 200, size=n_out)
@@ -190,12 +193,14 @@ def bench_inputs(density: float, seed: int = 0) -> np.ndarray:
 
 
 def plans_to_measure(model: IntModel) -> Iterator[tuple[str, Plan | None]]:
-    """(path, plan): the C path, then one fast plan per kernel the generator could pick for layer 1. A
-    hidden layer under test skips its zero outputs' requantization, as the generator has it do for ReLU
-    layers (about half the outputs of these random layers are 0)."""
+    """(path, plan): the C path, then one fast plan per kernel the generator could pick for layer 1 (the
+    sparse C layout among them, for the formats that have it). A hidden layer under test skips its zero
+    outputs' requantization, as the generator has it do for ReLU layers (about half the outputs of these
+    random layers are 0)."""
     yield "c", None
     hidden = len(model.layers) > 2
-    for kernel in candidate_kernels(model, 1):
+    sparse = [k for k in c_kernels(model.layers[1]) if k.loop == "sparse"]
+    for kernel in candidate_kernels(model, 1) + sparse:
         kernels = [LayerKernel("2bit", "skip"), kernel]
         kernels += [LayerKernel("1bit", "dense")] * (len(model.layers) - 2)
         skip = [False, hidden] + [False] * (len(model.layers) - 2)

@@ -8,8 +8,8 @@ templates (templates/layers_c.c.j2, layers_fast.c.j2, unochat_kernels.S.j2) and 
 
 Storage, per layer:
 - the C path (`pack_rows`): row-major, each row padded to whole bytes, least significant bits first;
-  a weight is stored as its code (w - lo for the sub-byte formats: 1bit 0:-1 1:+1; 2bit 0:-2 1:-1 2:0
-  3:+1) or, for int8, as the byte itself;
+  a weight is stored as its code (by encoding: binary 0:-1 1:+1; codes2 w + 2, 0:-2 1:-1 2:0 3:+1) or,
+  for int8, as the byte itself;
 - the fast path (`pack_blocks`): blocks of `block` output neurons, within a block input by input. Bit
   formats put one byte per input (1bit: bit k = 1 for +1 of output k; 2bit: bit k the low bit and bit
   4 + k the high bit of output k's code w + 2), int8 `block` bytes per input (w + 128).
@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+CODES2_OFFSET = 2  # a "codes2" weight w is stored as w + 2: 0:-2 1:-1 2:0 3:+1 (z80ai's levels)
 
 
 class FormatError(ValueError):
@@ -57,9 +59,17 @@ class WeightFormat:
     zero: bool  # 0 is a level (1bit has none: a weight is -1 or +1, latents are clipped to [-1, 1])
     scale: str  # QAT's per-row scale rule (train.qat.ROW_SCALES): levels * scale ~= latent weights
     kernel: str  # the fast path's kernel family: "bits" (bit planes) or "int8" (MUL per weight)
+    # How a weight is stored and computed with, in every template: "binary" (a bit: +1 or -1), "codes2"
+    # (2-bit codes w + 2, two bit planes) or "int8" (a byte). Formats of one encoding share all code.
+    encoding: str
     block: int  # output neurons per fast-kernel block
     c_cycles_per_weight: float  # the planner's cost of the C kernel
     first_layer_flash: int  # flash of the C driving a fast first layer (its three functions), rounded up
+
+    @property
+    def sparse(self) -> bool:
+        """Whether a layer may be stored sparse (`pack_sparse`): codes2 levels, most weights 0."""
+        return self.encoding == "codes2"
 
     @property
     def binary(self) -> bool:
@@ -87,9 +97,9 @@ class WeightFormat:
         """The stored code of each weight (int64): its index among the levels for sub-byte formats, the
         byte itself for int8."""
         w = weight.astype(np.int64)
-        if self.bits == 8:
+        if self.encoding == "int8":
             return w & 0xFF
-        return (w > 0).astype(np.int64) if not self.zero else w - self.lo
+        return (w > 0).astype(np.int64) if self.encoding == "binary" else w + CODES2_OFFSET
 
     def row_bytes(self, n_in: int) -> int:
         return -(-n_in * self.bits // 8)
@@ -112,22 +122,55 @@ class WeightFormat:
         w = w.reshape(-1, block, n_in)  # [blocks, k, j]
         if self.kernel == "int8":
             return (w + 128).transpose(0, 2, 1).astype(np.uint8).ravel()
-        if not self.zero:
+        if self.encoding == "binary":
             planes = (w > 0).astype(np.int64)
         else:
-            codes = w - self.lo
+            codes = w + CODES2_OFFSET
             planes = np.concatenate([codes & 1, codes >> 1], axis=1)  # [blocks, 8, j]
         return (planes << np.arange(8)[None, :, None]).sum(axis=1).astype(np.uint8).ravel()
+
+
+# The sparse layout of a codes2 layer (z80ai's levels: most weights 0, -2 rare), a C kernel's
+# (templates/layers_c.c.j2): per row, a bit per weight (1: nonzero), least significant first, the row padded
+# to whole bytes; then per row the signs of its nonzero weights in input order (1: negative), padded to a
+# byte (one zero byte ends the stream); a -2 weight is stored as -1 and listed once more as an exception,
+# by its flat index row * n_in +
+# column (uint16: a sparse layer has at most 65,536 weights). Measured on z80ai's tinychat model (74% of
+# its weights 0, 0.3% -2): 1.27 bits a weight against the planes' 2.
+SPARSE_MAX_WEIGHTS = 2**16
+# the planner's cost of the sparse C kernel per weight, with its input nonzero and zero (unochat bench
+# --kernels: 256x256 ternary at 74% zero weights, 24.8 cycles a weight with every input nonzero, 7.1 with none)
+SPARSE_CYCLES_PER_WEIGHT = (24.8, 7.1)
+
+
+def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask uint8 [n_out * ceil(n_in / 8)], signs uint8, exceptions uint16) of a codes2 layer."""
+    w = weight.astype(np.int64)
+    n_out, n_in = w.shape
+    mask = np.packbits(w != 0, axis=1, bitorder="little").ravel()
+    # one byte more at the end: the kernel reads the signs 16 bits at a time
+    signs = np.concatenate([np.packbits(row[row != 0] < 0, bitorder="little") for row in w] + [np.zeros(1, np.uint8)])
+    exceptions = np.flatnonzero(w.ravel() == -2).astype(np.uint16)
+    return mask.astype(np.uint8), signs.astype(np.uint8), exceptions
+
+
+def sparse_bytes(weight: np.ndarray) -> int:
+    """Flash of a layer stored sparse."""
+    return sum(a.nbytes for a in pack_sparse(weight))
 
 
 FORMATS = {
     f.name: f
     for f in (
-        WeightFormat("1bit", ("1",), bits=1, lo=-1, hi=1, zero=False, scale="mean_abs", kernel="bits", block=8,
+        WeightFormat("1bit", ("1",), bits=1, lo=-1, hi=1, zero=False, scale="mean_abs", kernel="bits", encoding="binary", block=8,
                      c_cycles_per_weight=22.0, first_layer_flash=480),
-        WeightFormat("2bit", ("2",), bits=2, lo=-2, hi=1, zero=True, scale="rms", kernel="bits", block=4,
+        WeightFormat("2bit", ("2",), bits=2, lo=-2, hi=1, zero=True, scale="rms", kernel="bits", encoding="codes2", block=4,
                      c_cycles_per_weight=33.0, first_layer_flash=620),
-        WeightFormat("int8", ("8",), bits=8, lo=-127, hi=127, zero=True, scale="max_abs", kernel="int8", block=8,
+        # {-1, 0, +1}, most weights 0 (`sparsity`, TrainConfig): z80ai's 2-bit levels without -2, so it runs on
+        # every 2-bit kernel; QAT's "ternary" rule zeroes each row's smallest weights
+        WeightFormat("ternary", ("t",), bits=2, lo=-1, hi=1, zero=True, scale="ternary", kernel="bits",
+                     encoding="codes2", block=4, c_cycles_per_weight=33.0, first_layer_flash=620),
+        WeightFormat("int8", ("8",), bits=8, lo=-127, hi=127, zero=True, scale="max_abs", kernel="int8", encoding="int8", block=8,
                      c_cycles_per_weight=60.0, first_layer_flash=720),
     )
 }

@@ -137,7 +137,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path}: checkpoint version {data.get('version')}, this unochat reads {CHECKPOINT_VERSION}")
     config = TrainConfig.from_dict(data["config"])
     features = FeatureSpec(**data["features"])
-    model = QuantMLP(features.n_inputs, config.hidden, len(data["charset"]), config.formats)
+    model = QuantMLP(features.n_inputs, config.hidden, len(data["charset"]), config.formats, config.sparsity)
     model.load_state_dict(data["state_dict"])
     model.eval()
     info = {k: v for k, v in data.items() if k not in ("state_dict", "config", "charset", "features")}

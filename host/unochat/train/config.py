@@ -12,6 +12,7 @@ from ..data.features import FeatureSpec
 from ..model import formats
 from ..model.intmodel import MAX_WIDTH
 
+DEFAULT_SPARSITY = 0.7  # ternary layers: the share of each row's weights that are 0 (z80ai's model: 74%)
 DECODINGS = ("free", "replies")  # model/replies.py: "replies" keeps generation to the stored replies
 # Pruning criteria (train/prune.py): l1_std, the default, l1_mean (the original experiment's) and gamma.
 CRITERIA = ("l1_std", "l1_mean", "gamma")
@@ -41,6 +42,7 @@ class TrainConfig:
     store_bytes: int | None = None  # the reply store's flash budget (None: every training reply)
     case: str = "keep"  # responses as the corpus writes them, or "upper" (z80ai's models); data/dataset.py
     transliterate: bool = False  # letters outside ASCII to their ASCII forms (else such pairs are refused)
+    sparsity: float = DEFAULT_SPARSITY  # ternary layers' share of zero weights (model/formats.py)
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
@@ -60,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"augment is a number of variants per pair, got {self.augment}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity is the share of zero weights in [0, 1), got {self.sparsity}")
         if self.case not in CASES:
             raise ValueError(f"case is one of {', '.join(CASES)}, got {self.case!r}")
         if self.decoding not in DECODINGS:

@@ -97,8 +97,8 @@ def derive(
     examples = training_examples(training_pairs(data, ck.config), ck.charset, ck.config, data.store)
     xy = examples.x, examples.y
     model = change(ck.model, examples.x)
-    config = tune.config(ck.config, [block.linear.weight.shape[0] for block in model.hidden],
-                         [layer.fmt for layer in model.linears])
+    config = replace(tune.config(ck.config, [block.linear.weight.shape[0] for block in model.hidden],
+                                 [layer.fmt for layer in model.linears]), sparsity=model.sparsity)
     hooks = {}
     if tune.focus is not None:
         hooks = {"weights": focus_weights(tune.focus, examples),
@@ -167,19 +167,21 @@ def quantize_checkpoint(
     formats: list[str],
     tune: FineTune,
     *,
+    sparsity: float | None = None,
     data_path: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """The same model with new weight formats (one per layer, or one for all), its latent weights carried
-    over, fine-tuned."""
+    over, fine-tuned; `sparsity`: the ternary layers' share of zero weights (default: the parent's)."""
 
     def change(model: QuantMLP, x: np.ndarray) -> QuantMLP:
-        requantize(model, formats * len(model.linears) if len(formats) == 1 else formats)
+        requantize(model, formats * len(model.linears) if len(formats) == 1 else formats, sparsity)
         recalibrate_batchnorm(model, x)
         return model
 
-    info = {"source": "unochat quantize", "quantize": {"formats": formats}, **(meta or {})}
+    settings = {"formats": formats} | ({"sparsity": sparsity} if sparsity is not None else {})
+    info = {"source": "unochat quantize", "quantize": settings, **(meta or {})}
     return derive(parent_path, out_path, change, tune, data_path=data_path, meta=info, progress=progress)
 
 

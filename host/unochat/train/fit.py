@@ -51,7 +51,7 @@ def use_available_threads() -> int:
 def new_model(config: TrainConfig, n_outputs: int) -> QuantMLP:
     """A freshly initialised QuantMLP of the config's shape and formats (seeded)."""
     torch.manual_seed(config.seed)
-    return QuantMLP(config.features.n_inputs, config.hidden, n_outputs, config.formats)
+    return QuantMLP(config.features.n_inputs, config.hidden, n_outputs, config.formats, config.sparsity)
 
 
 def quant_mix(step: int, warmup_steps: int) -> float:

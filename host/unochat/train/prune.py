@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..model import formats
 from .config import CRITERIA
-from .qat import QuantMLP, weight_levels
+from .qat import QuantMLP
 
 CALIBRATION_BATCH = 4096  # big batches: the running statistics average fewer, better estimates
 
@@ -47,7 +47,7 @@ def outgoing_weight_l1(model: QuantMLP, layer: int) -> Tensor:
     linears = model.linears
     norms = [block.norm for block in model.hidden] + [model.out_norm]
     nxt, norm = linears[layer + 1], norms[layer + 1]
-    levels, scale = weight_levels(nxt.weight, nxt.fmt)
+    levels, scale = nxt.levels()
     gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     return ((levels * scale) * gain[:, None]).abs().sum(dim=0)
 
@@ -102,8 +102,8 @@ def prune_model(model: QuantMLP, keep: list[np.ndarray]) -> QuantMLP:
         raise ValueError(f"{len(model.hidden)} hidden layers need {len(model.hidden)} keep lists, got {len(keep)}")
     rows = [torch.as_tensor(k, dtype=torch.long) for k in keep]
     n_inputs = model.hidden[0].linear.weight.shape[1]
-    formats = [layer.fmt for layer in model.linears]
-    pruned = QuantMLP(n_inputs, [len(r) for r in rows], model.out_norm.num_features, formats)
+    layer_formats = [layer.fmt for layer in model.linears]
+    pruned = QuantMLP(n_inputs, [len(r) for r in rows], model.out_norm.num_features, layer_formats, model.sparsity)
     columns = torch.arange(n_inputs)
     for src, dst, r in zip(model.hidden, pruned.hidden, rows):
         dst.linear.weight.copy_(src.linear.weight[r][:, columns])
@@ -116,11 +116,14 @@ def prune_model(model: QuantMLP, keep: list[np.ndarray]) -> QuantMLP:
 
 
 @torch.no_grad()
-def requantize(model: QuantMLP, new_formats: list[str]) -> None:
+def requantize(model: QuantMLP, new_formats: list[str], sparsity: float | None = None) -> None:
     """Give each layer a new weight format, in place, keeping the latent float weights (e.g. 2bit -> 1bit);
-    one format stands for every layer."""
+    one format stands for every layer. `sparsity`, if given, is the ternary layers' new share of zeros."""
+    if sparsity is not None:
+        model.sparsity = sparsity
     for layer, fmt in zip(model.linears, formats.parse_formats(new_formats, len(model.linears))):
         layer.fmt = fmt
+        layer.sparsity = model.sparsity
     model.clip_weights_()
 
 

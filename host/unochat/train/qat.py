@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..data.features import FeatureSpec
 from ..model import formats
 from ..model.intmodel import INPUT_MAX, INT32_MAX, MULT_LIMIT, IntLayer, IntModel, ModelError
+from .config import DEFAULT_SPARSITY
 
 ACT_LEVELS = 255  # uint8 activations
 INIT_RANGE = 0.1  # latent weights start uniform in (-0.1, 0.1), as in the recipe
@@ -50,20 +51,30 @@ ROW_SCALES = {  # a format's `scale` rule: one scale per row [out, 1] of latent 
 }
 
 
-def weight_levels(w: Tensor, fmt: str) -> tuple[Tensor, Tensor]:
-    """Integer levels (as floats) and the per-row scale [out, 1], levels * scale ~= w. No gradients."""
+def weight_levels(w: Tensor, fmt: str, sparsity: float = DEFAULT_SPARSITY) -> tuple[Tensor, Tensor]:
+    """Integer levels (as floats) and the per-row scale [out, 1], levels * scale ~= w. No gradients.
+    The "ternary" rule zeroes the `sparsity` share of each row's smallest weights and scales the rest by
+    their mean magnitude."""
     f = formats.get(fmt)
     w = w.detach()
+    if f.scale == "ternary":
+        magnitude = w.abs()
+        zeros = min(int(round(sparsity * w.shape[1])), w.shape[1] - 1)
+        threshold = magnitude.kthvalue(zeros, dim=1, keepdim=True).values if zeros else magnitude.new_full(
+            (w.shape[0], 1), -1.0)
+        kept = (magnitude > threshold).to(w.dtype)
+        scale = ((magnitude * kept).sum(dim=1, keepdim=True) / kept.sum(dim=1, keepdim=True).clamp_min(1))
+        return torch.sign(w) * kept, scale.clamp_min(TINY)
     scale = ROW_SCALES[f.scale](w, f).clamp_min(TINY)
     if not f.zero:
         return (w >= 0).to(w.dtype) * 2 - 1, scale
     return torch.floor(w / scale + 0.5).clamp(f.lo, f.hi), scale
 
 
-def quantize_weight(w: Tensor, fmt: str) -> Tensor:
+def quantize_weight(w: Tensor, fmt: str, sparsity: float = DEFAULT_SPARSITY) -> Tensor:
     """levels * scale forward; backward the identity where w lies inside the quantizer's range, else 0."""
     f = formats.get(fmt)
-    levels, scale = weight_levels(w, fmt)
+    levels, scale = weight_levels(w, fmt, sparsity)
     if not f.zero:
         passing = w.clamp(-1.0, 1.0)
     else:
@@ -76,14 +87,19 @@ class QuantLinear(nn.Module):
 
     `mix` blends float and quantized weights for progressive quantization: 0 = float, 1 = quantized."""
 
-    def __init__(self, n_in: int, n_out: int, fmt: str) -> None:
+    def __init__(self, n_in: int, n_out: int, fmt: str, sparsity: float = DEFAULT_SPARSITY) -> None:
         super().__init__()
         self.fmt = formats.get(fmt).name
+        self.sparsity = sparsity  # the share of zero weights in a ternary row
         self.weight = nn.Parameter(torch.empty(n_out, n_in).uniform_(-INIT_RANGE, INIT_RANGE))
         self.mix = 1.0
 
+    def levels(self) -> tuple[Tensor, Tensor]:
+        """This layer's integer levels and row scales (weight_levels)."""
+        return weight_levels(self.weight, self.fmt, self.sparsity)
+
     def forward(self, x: Tensor) -> Tensor:
-        w = quantize_weight(self.weight, self.fmt)
+        w = quantize_weight(self.weight, self.fmt, self.sparsity)
         if self.mix < 1.0:
             w = (1.0 - self.mix) * self.weight + self.mix * w
         return x @ w.t()
@@ -119,9 +135,9 @@ class UInt8Act(nn.Module):
 
 
 class HiddenBlock(nn.Module):
-    def __init__(self, n_in: int, n_out: int, fmt: str) -> None:
+    def __init__(self, n_in: int, n_out: int, fmt: str, sparsity: float = DEFAULT_SPARSITY) -> None:
         super().__init__()
-        self.linear = QuantLinear(n_in, n_out, fmt)
+        self.linear = QuantLinear(n_in, n_out, fmt, sparsity)
         self.norm = nn.BatchNorm1d(n_out)
         self.act = UInt8Act()
 
@@ -132,13 +148,15 @@ class HiddenBlock(nn.Module):
 class QuantMLP(nn.Module):
     """features -> hidden blocks -> quantized linear -> BatchNorm (per-class affine) -> float logits."""
 
-    def __init__(self, n_inputs: int, hidden: list[int], n_outputs: int, formats: list[str]) -> None:
+    def __init__(self, n_inputs: int, hidden: list[int], n_outputs: int, formats: list[str],
+                 sparsity: float = DEFAULT_SPARSITY) -> None:
         super().__init__()
         if len(formats) != len(hidden) + 1:
             raise ValueError(f"{len(hidden) + 1} layers need {len(hidden) + 1} weight formats, got {len(formats)}")
         sizes = [n_inputs, *hidden]
-        self.hidden = nn.ModuleList(HiddenBlock(a, b, f) for a, b, f in zip(sizes, sizes[1:], formats))
-        self.out_linear = QuantLinear(sizes[-1], n_outputs, formats[-1])
+        self.sparsity = sparsity
+        self.hidden = nn.ModuleList(HiddenBlock(a, b, f, sparsity) for a, b, f in zip(sizes, sizes[1:], formats))
+        self.out_linear = QuantLinear(sizes[-1], n_outputs, formats[-1], sparsity)
         self.out_norm = nn.BatchNorm1d(n_outputs)
 
     @property
@@ -175,7 +193,7 @@ def _bn_affine(bn: nn.BatchNorm1d) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _levels_and_scale(layer: QuantLinear) -> tuple[np.ndarray, np.ndarray]:
-    levels, scale = weight_levels(layer.weight, layer.fmt)
+    levels, scale = layer.levels()
     return levels.numpy().astype(np.int8), scale.double().numpy()[:, 0]
 
 
