@@ -14,6 +14,11 @@ TINYCHAT  ?= ../shared/z80ai/tinychat/training-data.txt.gz
 ifneq ($(wildcard $(TINYCHAT)),)
 TINYCHAT_PIPELINE := build/pipeline/tinychat
 endif
+# z80ai's own tinychat model, imported unmodified (README "Sparse ternary weights")
+Z80AI_MODEL ?= ../shared/z80ai/tinychat/model.npz
+ifneq ($(wildcard $(Z80AI_MODEL)),)
+Z80AI_STOCK := build/z80ai/stock.npz
+endif
 # The held-out twins (heldout/ beside each variant) give the benchmark's held-out figures.
 PIPELINE  := $(UNOCHAT) pipeline --heldout 0.1
 
@@ -57,12 +62,17 @@ CHATTERBOT_RECIPE := --hidden 128,96 --bits 1 --epochs 300 --context-buckets 64 
 # ChatterBot model (below). The pipeline is resumable: a variant already made by the same recipe is
 # skipped, and the ChatterBot model is made once, so only the first `make bench` trains (about 20
 # minutes on 2 cores, README "Results"); later runs only build, measure and time.
-bench: setup $(UNOSIM) $(CHATTERBOT_MODEL)
+bench: setup $(UNOSIM) $(CHATTERBOT_MODEL) $(Z80AI_STOCK)
 ifdef TINYCHAT_PIPELINE
 	$(PIPELINE) --variants baseline,pruned,binary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build --case upper
 endif
-	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
+	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(Z80AI_STOCK) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
 	$(UNOCHAT) bench --kernels --json build/kernels.json
+
+ifdef Z80AI_STOCK
+$(Z80AI_STOCK): $(Z80AI_MODEL)
+	$(UNOCHAT) import-z80ai $(Z80AI_MODEL) --out $@ --data $(TINYCHAT)
+endif
 
 $(CHATTERBOT_MODEL):
 	@if $(PY) -m pip install --no-deps --quiet chatterbot-corpus==1.3.3; then \
