@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unochat.boards import UNO, Board
 from unochat.data.dataset import Pair, build_charset
 from unochat.data.features import FeatureSpec, input_vector
 from unochat.firmware.build import build_firmware
@@ -31,19 +32,20 @@ def pio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[IntModel], tuple[Path, SizeReport]]]:
-    """Builds firmware for any model in one throw-away project shared by the whole module:
-    (ELF, sizes), once per model id."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., tuple[Path, SizeReport]]]:
+    """Builds firmware for any model (and board, default the UNO) in one throw-away project shared by the
+    whole module: (ELF, sizes), the HEX beside the ELF, once per model id and board."""
     root = tmp_path_factory.mktemp("firmware")
     project = make_project(root)
     built: dict[str, tuple[Path, SizeReport]] = {}
 
-    def build_one(model: IntModel) -> tuple[Path, SizeReport]:
-        key = model.fingerprint()
+    def build_one(model: IntModel, board: Board = UNO) -> tuple[Path, SizeReport]:
+        key = f"{model.fingerprint()}-{board.name}"
         if key not in built:
-            sizes = build_firmware(model, project, quiet=True)
+            sizes = build_firmware(model, project, quiet=True, board=board)
             elf = root / f"{key}.elf"
             shutil.copy(project / "build" / "firmware.elf", elf)
+            shutil.copy(project / "build" / "firmware.hex", elf.with_suffix(".hex"))
             built[key] = (elf, sizes)
         return built[key]
 

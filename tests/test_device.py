@@ -423,6 +423,41 @@ def test_chat_missing_port_says_what_to_do(capsys: pytest.CaptureFixture[str]) -
     assert "/dev/ttyNOPE0 does not exist" in err and "unochat sim" in err and "available ports" in err
 
 
+def read_until(port: "serial.Serial", end: bytes, timeout: float = 10.0) -> bytes:
+    """Bytes from a raw port up to and including `end` (all that came, if it never did)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while not data.endswith(end) and time.monotonic() < deadline:
+        data += port.read(1)
+    return data
+
+
+@on_device
+def test_terminal_start_line_and_echo(tiny: Board) -> None:
+    """What a person in picocom sees: a start-up line in words; after `!h` what they type comes back, backspace
+    rubs a character out, "> " asks for the next line; `!h` again and answers are all that comes back."""
+    import serial
+
+    tiny.client.close()
+    try:
+        with serial.Serial(tiny.client.port, 115200, timeout=0.1) as term:  # opening it resets the board
+            start = read_until(term, b"\r\n")
+            assert start == b"unochat ready: ask, then Enter (!h: see what you type)\r\n"
+            term.write(b"!h\r")  # picocom sends CR for Enter
+            assert read_until(term, b"> ") == b"!h echo on\r\n> "  # typed unseen
+            term.write(b"helx\x7flo  there\r")
+            reply = reference.reply(tiny.model, "hello there").encode()
+            assert read_until(term, b"> ") == b"helx\b \blo  there\r\n" + reply + b"\r\n> "
+            term.write(b"\x7fhi\x7f\x7f\x7f\r")  # nothing to rub out at the start, nor past it: "> " stays
+            assert read_until(term, b"> ") == b"hi\b \b\b \b\r\n> "
+            term.write(b"!h\r")
+            assert read_until(term, b"off\r\n") == b"!h\r\n!h echo off\r\n"
+            term.write(b"hello there\r")
+            assert read_until(term, b"\r\n") == reply + b"\r\n"
+    finally:
+        tiny.client.open()
+    assert tiny.client.reply("hello there") == reply.decode()  # the host client, echo off after reset
+
+
 @on_device
 def test_sim_command_serves_a_link(tiny: Board, tmp_path: Path) -> None:
     link = tmp_path / "ttyUNO"
@@ -516,6 +551,7 @@ def fake() -> Iterator[Callable[[Callable[[bytes], bytes]], FakeBoard]]:
 
 INFO = b"!i unochat=0.1.0 model=fake board id=0123abcd shape=4-2 formats=1bit inputs=4 outputs=2 " \
        b"max_query=60 max_reply=50 f_cpu=16000000\r\n"
+START = b"unochat ready: ask, then Enter (!h: see what you type)\r\n"
 
 
 def firmware_like(answers: dict[bytes, bytes]) -> Callable[[bytes], bytes]:
@@ -532,7 +568,7 @@ def firmware_like(answers: dict[bytes, bytes]) -> Callable[[bytes], bytes]:
 
 def test_client_handshake_drops_banner_and_garbage(fake: Callable) -> None:
     board = fake(firmware_like({}))
-    os.write(board.master, b"\x00\xffnoise\r\n" + INFO)  # what a board prints while the port opens
+    os.write(board.master, b"\x00\xffnoise\r\n" + START)  # what a board prints while the port opens
     with UnoClient(board.port) as client:
         assert client.info()["model"] == "fake board"  # a value with a space
         assert client.reply("hello") == "HI"
@@ -553,7 +589,7 @@ def test_client_resends_after_a_reset_mid_request(fake: Callable) -> None:
     def respond(line: bytes) -> bytes:
         if line == b"hello" and not resets:
             resets.append(line)
-            return b"HAL" + b"\r\n" + INFO  # the board restarted while it answered
+            return b"HAL" + b"\r\n" + START  # the board restarted while it answered
         return firmware_like({b"hello": b"HELLO\r\n"})(line)
 
     board = fake(respond)

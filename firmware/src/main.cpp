@@ -15,12 +15,16 @@
  *   !m             free SRAM now and the least free SRAM since reset (stack high-water mark)
  *   !u <text>      writes <text> back as a chat's reply goes out, a character at a time:
  *                  "!u <text> cycles=<c> n=<chars>", the Timer1 cycles of those writes
+ *   !h             echo on/off, for a person in a terminal that does not show what it sends (picocom,
+ *                  screen): typed characters are written back, backspace erases, "> " asks for the next
+ *                  line. Off after reset, so the Serial Monitor and the host client see answers only.
  * The letter after '!' names the command; one space after it is a separator, the rest of the line
  * is the argument, edited like a chat line (so "!t <query>" times exactly the chat line "<query>").
  * Errors come back as "!e <reason>". Bytes are handled as they arrive: a line longer than the buffers
  * is cut, never overflows; binary bytes are dropped by the line editor. While a reply is generated,
  * received bytes wait in the Arduino core's 64-byte buffer (63 usable) and what does not fit is lost
  * (no flow control on a UNO): a host sends one request and waits for its answer.
+ * At reset the firmware writes one line for a person (START_LINE); `!i` is the machine's.
  * The model itself is generated into firmware/generated/ by `unochat export`. */
 #include <Arduino.h>
 #include <avr/sleep.h>
@@ -36,6 +40,10 @@
 #define RX_SIZE 64
 static volatile uint8_t rx_ring[RX_SIZE];
 static volatile uint8_t rx_head, rx_tail;
+
+#ifdef USART0_RX_vect /* the ATmega2560 numbers its four USARTs */
+#define USART_RX_vect USART0_RX_vect
+#endif
 
 ISR(USART_RX_vect)
 {
@@ -205,6 +213,10 @@ static void print_layer_cycles()
     }
 }
 
+/* the first line after reset: for a person (hosts recognize a reset by its first word, unochat) */
+static const char START_LINE[] PROGMEM =
+    "unochat ready: ask, then Enter (!h: see what you type)\r\n";
+
 /* ---- chat --------------------------------------------------------------------------------------- */
 static unochat_state_t state;
 
@@ -291,6 +303,7 @@ static char command; /* 0 for a bare "!" line: an unknown command */
 static bool separator; /* the next byte may be the space between command letter and argument */
 static uint16_t nibbles;
 static bool hex_bad;
+static bool echo; /* !h */
 
 static int8_t hex_value(uint8_t b)
 {
@@ -348,6 +361,11 @@ static void run_command()
         put_P(PSTR("!p"));
         print_layer_cycles();
         newline();
+        break;
+    case 'h':
+        echo = !echo;
+        put_P(PSTR("!h echo o"));
+        put_P(echo ? PSTR("n\r\n") : PSTR("ff\r\n"));
         break;
     case 'm':
         put_P(PSTR("!m free="));
@@ -423,18 +441,38 @@ static void feed(uint8_t b)
     }
 }
 
+/* With echo on (!h) a person in a terminal sees what they type: printable bytes come back as typed (the
+ * line editor may still fold a run of spaces or cut a long line), backspace rubs out a character the line
+ * holds, a line's end starts the answer on a new line, and "> " asks for the next one after it. */
+static void echo_before(uint8_t b)
+{
+    if (is_line_end(b)) {
+        if (mode != LINE_START) newline();
+    } else if (b == 0x08 || b == 0x7F) {
+        if (mode != LINE_START && line.len) put_P(PSTR("\b \b"));
+    } else if (b >= 0x20 && b < 0x7F) {
+        put(b);
+    }
+}
+
 void setup()
 {
     paint_stack();
     cycles_begin();
     uart_begin();
     sei();
-    print_info();
+    put_P(START_LINE);
 }
 
 void loop()
 {
-    while (uart_available()) feed(uart_read());
+    while (uart_available()) {
+        uint8_t b = uart_read();
+        bool ends = is_line_end(b) && mode != LINE_START;
+        if (echo) echo_before(b);
+        feed(b);
+        if (ends && echo) put_P(PSTR("> ")); /* also right after `!h` turned echo on */
+    }
     /* sleep until the next byte; sei() lets exactly one more instruction (sleep) run first */
     set_sleep_mode(SLEEP_MODE_IDLE);
     cli();

@@ -1,7 +1,7 @@
 /*
  * unosim - a virtual Arduino UNO: simavr's ATmega328P with UART0 behind a pseudo-terminal.
  *
- *   unosim [--link PATH] [--realtime] [--mcu NAME] [--freq HZ] [-v] FIRMWARE.elf
+ *   unosim [--link PATH] [--realtime] [--mcu NAME] [--freq HZ] [--bootloader HEX] [-v] [FIRMWARE.elf]
  *
  * Prints the pty slave path (one line) on stdout, then behaves like a UNO on a USB port:
  *  - Opening the port resets the MCU (a real UNO's DTR reset). Nobody has it open: the MCU is
@@ -11,6 +11,11 @@
  *    we stop reading the pty, so the client's write() blocks, like hardware flow control.
  *  - AVR->host bytes are buffered; if the client stops reading, the simulation stalls.
  *  - Default speed is "as fast as possible"; --realtime paces to the wall clock.
+ *  - --bootloader HEX (e.g. Debian's optiboot) goes into flash beside the firmware and every reset
+ *    starts it, as the BOOTRST fuse does: opening the port gives it a second to hear from avrdude
+ *    before it starts the firmware, and it writes what avrdude sends with SPM. While the PC is in
+ *    the bootloader the simulation keeps to the wall clock, because its timeout is the watchdog's
+ *    simulated second and avrdude's waits are real ones. With no FIRMWARE.elf flash starts erased.
  *
  * Known simavr 1.6 behaviour to keep in mind when reading cycle counts or UART timing:
  *  - Interrupt entry is charged 4 cycles short (silicon spends 4 cycles pushing the PC before the
@@ -49,6 +54,7 @@
 
 #include "sim_avr.h"
 #include "sim_elf.h"
+#include "sim_hex.h"
 #include "sim_io.h"
 #include "avr_uart.h"
 
@@ -69,6 +75,8 @@ static struct {
 	avr_uart_t *uart;
 	uint32_t freq;
 	int realtime, verbose;
+	avr_flashaddr_t boot_start; /* first byte of the bootloader, 0 without one */
+	int pacing;                 /* the run is being held to the wall clock */
 	int master, ino, parent;
 	char slave[PATH_MAX];
 	const char *link;
@@ -86,6 +94,7 @@ static struct {
 static volatile sig_atomic_t g_stop;
 
 static void remove_link(void);
+static int paced(void);
 
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
@@ -222,7 +231,9 @@ static void start_session(void)
 	/* pyserial flushes its input right after open(); resetting only after that flush (or once
 	 * the client writes, or after SETTLE_NS) keeps the boot banner from being flushed away */
 	tcflush(g.master, TCOFLUSH);
-	if (g.booted) {
+	/* with a bootloader even the first open is a reset: the board was powered before the port was opened,
+	 * and the bootloader only waits for avrdude after an external reset */
+	if (g.booted || g.boot_start) {
 		avr_reset(g.avr); /* keeps SRAM (.noinit survives), clears I/O registers */
 		if (g.avr->reset_flags.extrf.reg)
 			avr_regbit_set(g.avr, g.avr->reset_flags.extrf);
@@ -234,6 +245,7 @@ static void start_session(void)
 	g.port = PORT_OPEN;
 	g.rt_ns = now_ns();
 	g.rt_cycle = g.avr->cycle;
+	g.pacing = paced();
 }
 
 /* inotify on the slave counts opens and closes exactly, even a close+reopen faster than we poll
@@ -309,9 +321,20 @@ static void service(uint64_t timeout_ns)
 		start_session();
 }
 
-/* --realtime: hold the simulation back until the wall clock catches up with it */
+/* --realtime, or in the bootloader: hold the simulation back until the wall clock catches up */
+static int paced(void)
+{
+	return g.realtime || (g.boot_start && g.avr->pc >= g.boot_start);
+}
+
 static void pace(void)
 {
+	if (!g.pacing) { /* fast until now: the simulated clock is far ahead, start counting afresh */
+		g.pacing = 1;
+		g.rt_ns = now_ns();
+		g.rt_cycle = g.avr->cycle;
+		return;
+	}
 	uint64_t due = g.rt_ns + cyc_to_ns(g.avr->cycle - g.rt_cycle), now = now_ns();
 	if (now > due + MAX_LAG_NS) { /* host was busy or we stalled on output: forget the debt */
 		g.rt_ns = now;
@@ -345,7 +368,7 @@ static void on_sleep(avr_t *avr, avr_cycle_count_t how_long)
 		write_pty(); /* what the firmware just sent must not wait out our nap */
 	if (idle)
 		budget = WAIT_NS;
-	else if (g.realtime) {
+	else if (paced()) {
 		uint64_t due = g.rt_ns + cyc_to_ns(avr->cycle + how_long - g.rt_cycle), now = now_ns();
 		budget = due > now ? due - now : 0;
 	} else if (g.rx_ready && !g.uart->tx_cnt)
@@ -438,6 +461,35 @@ static void place_data(elf_firmware_t *fw)
 	}
 }
 
+/* Put a bootloader's image into flash and make every reset start it (the UNO's BOOTRST fuse). */
+static void load_bootloader(const char *path, uint32_t app_end)
+{
+	ihex_chunk_p chunks;
+	int n = read_ihex_chunks(path, &chunks);
+	if (n <= 0)
+		die(2, "cannot read bootloader %s (Intel hex)", path);
+	uint32_t start = UINT32_MAX;
+	for (int i = 0; i < n; i++) {
+		if (!chunks[i].size)
+			continue;
+		if (chunks[i].baseaddr + chunks[i].size > g.avr->flashend + 1)
+			die(2, "bootloader %s reaches 0x%x, past the end of flash (0x%x)", path,
+			    chunks[i].baseaddr + chunks[i].size, g.avr->flashend + 1);
+		memcpy(g.avr->flash + chunks[i].baseaddr, chunks[i].data, chunks[i].size);
+		if (chunks[i].baseaddr < start)
+			start = chunks[i].baseaddr;
+	}
+	free_ihex_chunks(chunks);
+	if (start == UINT32_MAX)
+		die(2, "bootloader %s is empty", path);
+	if (app_end > start)
+		die(2, "the firmware (%u bytes) overlaps the bootloader at 0x%x", app_end, start);
+	g.boot_start = start;
+	g.avr->reset_pc = start;
+	g.avr->pc = start;
+	g.avr->codeend = g.avr->flashend; /* code runs in both the firmware and the bootloader */
+}
+
 static void make_link(void)
 {
 	struct stat st;
@@ -473,6 +525,8 @@ static void usage(FILE *f)
 	      "  --realtime    pace the simulation to the wall clock (default: as fast as possible)\n"
 	      "  --mcu NAME    MCU (default: the ELF's .mmcu section, else atmega328p)\n"
 	      "  --freq HZ     clock (default: the ELF's .mmcu section, else 16000000)\n"
+	      "  --bootloader HEX  a bootloader image in flash that every reset starts (BOOTRST);\n"
+	      "                the simulation keeps to the wall clock while it runs\n"
 	      "  -v            more simavr log output (repeat for more)\n"
 	      "  -h, --help    this help\n"
 	      "Stops on SIGTERM/SIGINT, or at end of file on stdin if stdin is a pipe.\n"
@@ -485,8 +539,9 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "link", required_argument, 0, 'l' }, { "realtime", no_argument, 0, 'r' },
 		{ "mcu", required_argument, 0, 'm' },  { "freq", required_argument, 0, 'f' },
+		{ "bootloader", required_argument, 0, 'b' },
 		{ "help", no_argument, 0, 'h' },       { 0, 0, 0, 0 } };
-	const char *mcu = NULL;
+	const char *mcu = NULL, *bootloader = NULL;
 	unsigned long freq = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
@@ -499,25 +554,28 @@ int main(int argc, char **argv)
 			if (freq < 1000 || freq > 100000000)
 				die(1, "bad --freq %s", optarg);
 			break;
+		case 'b': bootloader = optarg; break;
 		case 'v': g.verbose++; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 1;
 		}
 	}
-	if (optind != argc - 1) {
+	if (optind != argc - 1 && !(bootloader && optind == argc)) {
 		usage(stderr);
 		return 1;
 	}
-	const char *elf = argv[optind];
+	const char *elf = optind < argc ? argv[optind] : NULL;
 	avr_global_logger_set(logger);
 
 	/* firmware */
 	elf_firmware_t fw;
 	memset(&fw, 0, sizeof fw);
-	check_elf(elf);
-	if (elf_read_firmware(elf, &fw) != 0 || fw.flashsize == 0)
-		die(2, "cannot load firmware from %s (no .text?)", elf);
-	place_data(&fw);
+	if (elf) {
+		check_elf(elf);
+		if (elf_read_firmware(elf, &fw) != 0 || fw.flashsize == 0)
+			die(2, "cannot load firmware from %s (no .text?)", elf);
+		place_data(&fw);
+	}
 	/* command-line values win; then the ELF's .mmcu section; then the UNO's */
 	if (!mcu)
 		mcu = fw.mmcu[0] ? fw.mmcu : "atmega328p";
@@ -530,8 +588,11 @@ int main(int argc, char **argv)
 		    mcu, g.avr->flashend + 1);
 	avr_init(g.avr);
 	fw.frequency = g.freq;
-	avr_load_firmware(g.avr, &fw);
+	if (elf)
+		avr_load_firmware(g.avr, &fw);
 	g.avr->frequency = g.freq;
+	if (bootloader)
+		load_bootloader(bootloader, fw.flashbase + fw.flashsize);
 	g.avr->sleep = on_sleep;
 
 	/* UART0 */
@@ -595,8 +656,10 @@ int main(int argc, char **argv)
 			continue;
 		}
 		service(0);
-		if (g.realtime && g.port == PORT_OPEN)
+		if (paced())
 			pace();
+		else
+			g.pacing = 0;
 		while (g.out_len >= OUT_HIGH && g.port == PORT_OPEN && !g_stop)
 			service(WAIT_NS); /* client isn't reading: stall rather than drop output */
 		avr_cycle_count_t until = g.avr->cycle + SERVICE_CYCLES;

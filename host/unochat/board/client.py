@@ -6,7 +6,7 @@
 Protocol: firmware/src/main.cpp (doc comment at its top). What this client adds:
 
 - Handshake: opening the port resets the board (DTR on a UNO, the bridge on the virtual one). The
-  `!i` banner it prints is not relied on (pyserial flushes input on open, and a pty has no DTR):
+  start-up line it prints is not relied on (pyserial flushes input on open, and a pty has no DTR):
   the client sends `!s<random token>` until the same token comes back, and drops everything before.
 - Framing: every request is followed by its own `!s<token>` line, and the answer is the last line
   before that token's echo. Leftovers of an abandoned reply therefore never pass for an answer, and a
@@ -34,11 +34,12 @@ import numpy as np
 import serial
 import serial.tools.list_ports
 
+from ..boards import UNO, Board
 from ..data.dataset import COMMAND_PREFIX, is_printable, normalize_query
 from .sim import VirtualUno
 
 BAUD = 115200
-BANNER = b"!i unochat="
+BANNER = b"unochat ready"  # the firmware's first line after a reset (firmware/src/main.cpp START_LINE)
 SYNC_TIMEOUT = 8.0  # a real UNO needs ~1.5 s after reset (bootloader); leave room for a slow USB stack
 REPLY_TIMEOUT = 20.0  # 50 characters of a 256-wide model take ~10 s on a real UNO
 RESEND_START = 0.25  # first wait before resending the sync token; doubles up to RESEND_MAX
@@ -444,14 +445,15 @@ def _parse_memory(line: bytes) -> dict[str, int]:
 
 @contextmanager
 def connect(
-    port: str | None = None, sim: str | os.PathLike[str] | None = None, timeout: float = REPLY_TIMEOUT
+    port: str | None = None, sim: str | os.PathLike[str] | None = None, timeout: float = REPLY_TIMEOUT,
+    board: Board = UNO,
 ) -> Iterator[UnoClient]:
-    """A client for a real board (`port=`) or for a virtual UNO running `sim=` (an ELF), closed on exit."""
+    """A client for a real board (`port=`) or for a virtual `board` running `sim=` (an ELF), closed on exit."""
     if (port is None) == (sim is None):
         raise ValueError("connect() needs either port= or sim=")
     if port is not None:
         with UnoClient(port, timeout=timeout) as client:
             yield client
         return
-    with VirtualUno(sim) as uno, UnoClient(uno.port, timeout=timeout) as client:
+    with VirtualUno(sim, board=board) as uno, UnoClient(uno.port, timeout=timeout) as client:
         yield client

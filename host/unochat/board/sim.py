@@ -2,7 +2,9 @@
 
 The heavy lifting is done by the C bridge tools/bin/unosim (source in tools/unosim). This module
 builds it when needed, starts it, and hands out the pty path, which pyserial opens like
-/dev/ttyACM0. Opening the port resets the simulated MCU, as the DTR line resets a real UNO.
+/dev/ttyACM0. Opening the port resets the simulated MCU, as the DTR line resets a real UNO. Any board of
+boards.py can be simulated (the Mega 2560 as simavr's ATmega2560), and with its bootloader (optiboot, for
+the UNO and the Nano) flashed through the port by avrdude as a real one is.
 
     with VirtualUno("build/firmware.elf") as uno:
         with serial.Serial(uno.port, 115200, timeout=2) as ser:
@@ -23,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from ..boards import BOARDS, UNO, Board
 from ..paths import TOOLS
 
 BRIDGE_SRC_DIR = TOOLS / "unosim"
@@ -58,22 +61,44 @@ def build_bridge(force: bool = False) -> Path:
     return BRIDGE
 
 
+def build_bootloader(board: Board) -> Path:
+    """The bootloader image the virtual `board` can start in (tools/unosim/Makefile builds it from Debian's
+    source: see there why not Debian's .hex)."""
+    if board.bootloader is None:
+        raise SimError(f"the virtual {board.title} has no bootloader; unochat builds one for "
+                       + ", ".join(b.name for b in BOARDS.values() if b.bootloader))
+    image = TOOLS / "bin" / board.bootloader
+    res = subprocess.run(["make", "-C", str(BRIDGE_SRC_DIR), f"../bin/{board.bootloader}"],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0 or not image.is_file():
+        raise SimError("building the virtual board's bootloader failed (needs avr-gcc and arduino-core-avr: "
+                       "apt-get install gcc-avr avr-libc arduino-core-avr):\n" + res.stdout + res.stderr)
+    return image
+
+
 class VirtualUno:
     """Runs one firmware ELF in the simulator bridge; use as a context manager.
 
-    `link` additionally creates a stable symlink to the pty; `realtime` paces the simulation to
-    the wall clock (default: as fast as the host allows, 3-5x a real UNO).
+    `board` gives the simulated MCU (UNO, Nano: ATmega328P; Mega 2560: ATmega2560). `link` additionally
+    creates a stable symlink to the pty; `realtime` paces the simulation to the wall clock (default: as
+    fast as the host allows, 3-5x a real UNO). With `bootloader` every reset starts the board's bootloader,
+    as on a real board, so that avrdude (`unochat flash`) can write a new firmware through the port; `elf`
+    may then be None: flash starts erased.
     """
 
     def __init__(
         self,
-        elf: str | os.PathLike[str],
+        elf: str | os.PathLike[str] | None,
         link: str | os.PathLike[str] | None = None,
         realtime: bool = False,
         start_timeout: float = 10.0,
         inherit_stderr: bool = False,
+        board: Board = UNO,
+        bootloader: bool = False,
     ) -> None:
-        self.elf = Path(elf)
+        self.elf = Path(elf) if elf is not None else None
+        self.board = board
+        self.bootloader = bootloader
         self.link = str(link) if link is not None else None
         self.realtime = realtime
         self.start_timeout = start_timeout
@@ -104,17 +129,22 @@ class VirtualUno:
     def start(self) -> VirtualUno:
         if self._proc is not None:
             raise SimError("virtual UNO already started")
-        if not self.elf.is_file():
+        if self.elf is None and not self.bootloader:
+            raise ValueError("a virtual board needs a firmware ELF, a bootloader, or both")
+        if self.elf is not None and not self.elf.is_file():
             raise FileNotFoundError(
                 f"firmware ELF {self.elf} not found; run `make firmware` first"
             )
         bridge = build_bridge()
-        cmd = [str(bridge)]
+        cmd = [str(bridge), "--mcu", self.board.mcu, "--freq", str(self.board.f_cpu)]
+        if self.bootloader:
+            cmd += ["--bootloader", str(build_bootloader(self.board))]
         if self.link:
             cmd += ["--link", self.link]
         if self.realtime:
             cmd.append("--realtime")
-        cmd.append(str(self.elf))
+        if self.elf is not None:
+            cmd.append(str(self.elf))
         if not self.inherit_stderr:
             self._stderr = tempfile.TemporaryFile()
         # own session: a terminal's Ctrl-C reaches only us, and we stop the bridge with SIGTERM.
@@ -231,9 +261,10 @@ class VirtualUno:
         self.close()
 
 
-def main_sim(elf: Path, link: str | None = None, realtime: bool = False) -> int:
-    """`unochat sim`: run the firmware on a virtual UNO in the foreground until Ctrl-C."""
-    uno = VirtualUno(elf, link=link, realtime=realtime, inherit_stderr=True)
+def main_sim(elf: Path | None, link: str | None = None, realtime: bool = False, board: Board = UNO,
+             bootloader: bool = False) -> int:
+    """`unochat sim`: run the firmware on a virtual board in the foreground until Ctrl-C."""
+    uno = VirtualUno(elf, link=link, realtime=realtime, inherit_stderr=True, board=board, bootloader=bootloader)
     try:
         uno.start()
     except (OSError, SimError) as exc:
@@ -243,9 +274,12 @@ def main_sim(elf: Path, link: str | None = None, realtime: bool = False) -> int:
     if link:
         print(f"{link} -> {uno.port}", flush=True)
     print(
-        "virtual UNO running"
+        f"virtual {board.title} running"
         + (" in real time" if realtime else "")
-        + "; opening the port resets it. Ctrl-C to stop.",
+        + "; opening the port resets it"
+        + (f" into its bootloader (flash it: `unochat flash --board {board.name} --port {link or uno.port}`)"
+           if bootloader else "")
+        + ". Ctrl-C to stop.",
         file=sys.stderr,
         flush=True,
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
+from ..boards import BOARDS, UNO, Board, get_board
 from ..board.client import REPLY_TIMEOUT, DeviceError
 from ..board.sim import SimError
 from ..codegen.layout import KERNEL_PATHS
@@ -139,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.store_bytes == "fit":
             from ..codegen.plan import store_room
 
-            room = functools.partial(store_room, config.features, config.hidden, config.formats)
+            room = functools.partial(store_room, config.features, config.hidden, config.formats,
+                                     board=get_board(args.board))
         result = train(args.data, config, Path(args.out), store_room=room)
     print(result.summary())
     return 0
@@ -213,10 +215,10 @@ def cmd_density(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(model: IntModel, kernel_path: str):  # noqa: ANN202 (codegen.layout.Plan)
+def _plan(model: IntModel, kernel_path: str, board: Board):  # noqa: ANN202 (codegen.layout.Plan)
     from ..codegen.plan import plan_for
 
-    plan = plan_for(model, kernel_path)
+    plan = plan_for(model, kernel_path, board=board)
     if plan.density_note:
         print(f"note: {plan.density_note}")
     return plan
@@ -227,7 +229,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     out_dir = Path(args.out_dir) if args.out_dir else GENERATED
-    for path in render(model, out_dir, kernels=args.kernel_path, plan=_plan(model, args.kernel_path)):
+    plan = _plan(model, args.kernel_path, get_board(args.board))
+    for path in render(model, out_dir, kernels=args.kernel_path, plan=plan):
         print(f"wrote {path}")
     if args.int_model:
         model.save(args.int_model)
@@ -239,8 +242,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ..firmware.build import build_firmware
 
     model = load_model(args.model)
-    report = build_firmware(model, kernels=args.kernel_path)
-    print(f"{model.describe()}\nbuild/firmware.hex: {report.summary()}")
+    board = get_board(args.board)
+    report = build_firmware(model, kernels=args.kernel_path, board=board)
+    print(f"{model.describe()}\nbuild/firmware.hex for the {board.title}: {report.summary()}")
     return 0
 
 
@@ -336,14 +340,15 @@ def _board(args: argparse.Namespace) -> Iterator[UnoClient]:
     """The client for --port PORT or --sim [ELF]."""
     from ..board.client import connect
 
-    with connect(port=args.port, sim=args.sim, timeout=args.timeout) as client:
+    with connect(port=args.port, sim=args.sim, timeout=args.timeout, board=get_board(args.board)) as client:
         yield client
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from ..board.sim import main_sim
 
-    return main_sim(Path(args.elf), link=args.link, realtime=args.realtime)
+    return main_sim(Path(args.elf), link=args.link, realtime=args.realtime, board=get_board(args.board),
+                    bootloader=args.bootloader)
 
 
 @_device_command
@@ -384,7 +389,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..measure import bench
 
     if args.flash and not args.port:
-        raise ModelError("--flash writes each model to a real UNO: it needs --port")
+        raise ModelError("--flash writes each model to a real board: it needs --port")
     if args.flash and args.no_build:
         raise ModelError("--flash writes each model's firmware build: it cannot go with --no-build")
     with _settings_errors():
@@ -392,6 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             models or [str(DEFAULT_MODEL)], args.data, build=not args.no_build, latency=not args.no_latency,
             elf=Path(args.sim) if args.sim else None, port=args.port, flash_first=args.flash,
             queries=args.queries or SAMPLE_QUERIES, examples=args.examples, timeout=args.timeout,
+            board=get_board(args.board),
         )
     print(bench.table(rows))
     _write_json(bench.write_json, rows, args.json)
@@ -405,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_flash(args: argparse.Namespace) -> int:
     from ..board.flash import flash
 
-    command = flash(args.port, args.hex, dry_run=args.dry_run)
+    command = flash(args.port, args.hex, dry_run=args.dry_run, board=get_board(args.board))
     print(" ".join(command) if args.dry_run else f"flashed {args.hex} to {args.port}")
     return 0
 
@@ -438,11 +444,17 @@ def _add_restarts_argument(p: argparse.ArgumentParser, flag: str, default: int) 
                         f"each from the best state so far (warm restarts; default {default})")
 
 
-def _add_board_arguments(p: argparse.ArgumentParser) -> None:
+def _add_board_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", choices=list(BOARDS), default=UNO.name,
+                   help=f"the board: its flash and SRAM budget, build, simulated MCU and upload (default {UNO.name})")
+
+
+def _add_device_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", help="serial port of a real UNO, e.g. /dev/ttyACM0")
+    where.add_argument("--port", help="serial port of a real board, e.g. /dev/ttyACM0")
     where.add_argument("--sim", nargs="?", const=str(DEFAULT_ELF), metavar="ELF",
-                       help=f"run the firmware on a virtual UNO (default ELF {DEFAULT_ELF.relative_to(REPO)})")
+                       help=f"run the firmware on a virtual board (default ELF {DEFAULT_ELF.relative_to(REPO)})")
+    _add_board_choice(p)
     p.add_argument("--timeout", type=float, default=REPLY_TIMEOUT,
                    help=f"seconds to wait for one reply (default {REPLY_TIMEOUT:g})")
 
@@ -493,9 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replies: keep generation to the corpus's replies, stored on the device (README \"Real "
                         "corpora\"); free: any string (default)")
     p.add_argument("--store-bytes", type=_store_bytes, metavar="B|fit",
-                   help="with --decoding replies: the reply store's flash budget, or `fit`: what the UNO leaves "
-                        "beside the model; the replies serving the most pairs per byte are kept (default: every "
-                        "reply)")
+                   help="with --decoding replies: the reply store's flash budget, or `fit`: what the board "
+                        "(--board) leaves beside the model; the replies serving the most pairs per byte are kept "
+                        "(default: every reply)")
+    _add_board_choice(p)
     p.add_argument("--out", required=True, help="checkpoint path (.pt); the integer model goes beside it (.npz)")
     p.set_defaults(func=cmd_train)
 
@@ -524,11 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="where to write the C (default firmware/generated)")
     p.add_argument("--int-model", help="also write the integer model to this .npz")
     _add_kernel_path_argument(p)
+    _add_board_choice(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("build", help="export, build the UNO firmware, check its size")
+    p = sub.add_parser("build", help="export, build the firmware for a board (default the UNO), check its size")
     p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
     _add_kernel_path_argument(p)
+    _add_board_choice(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("ask", help="the reference's reply to a query, on the host")
@@ -536,14 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits", action="store_true", help="print the raw integer logits of every step")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("sim", help="run the firmware on a virtual UNO behind a pseudo-terminal")
+    p = sub.add_parser("sim", help="run the firmware on a virtual board (default the UNO) behind a pseudo-terminal")
     p.add_argument("elf", nargs="?", default=str(DEFAULT_ELF), help="firmware ELF (default build/firmware.elf)")
     p.add_argument("--link", help="also make this symlink to the pty, e.g. /tmp/unochat-uno")
-    p.add_argument("--realtime", action="store_true", help="pace the simulation to a real UNO's speed")
+    p.add_argument("--realtime", action="store_true", help="pace the simulation to a real board's speed")
+    p.add_argument("--bootloader", action="store_true",
+                   help="start in the board's bootloader at every reset, as a real board does, so that "
+                        "`unochat flash` can write a new firmware through the port (optiboot: UNO, Nano)")
+    _add_board_choice(p)
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("chat", help="chat with the model on a UNO or a virtual one, with on-device latency")
-    _add_board_arguments(p)
+    _add_device_arguments(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("prune", help="remove hidden neurons from a trained model, fine-tune it")
@@ -623,12 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3, help="example replies shown per model (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (a list, one object per model)")
     p.add_argument("--plot", metavar="FILE", help="also plot EM against flash (matplotlib, e.g. bench.png)")
+    _add_board_choice(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("flash", help="write build/firmware.hex to a real UNO with avrdude")
-    p.add_argument("--port", required=True, help="serial port of the UNO, e.g. /dev/ttyACM0")
+    p = sub.add_parser("flash", help="write build/firmware.hex to a board through its bootloader, with avrdude")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyACM0")
     p.add_argument("--hex", default=str(DEFAULT_HEX), help="image to write (default build/firmware.hex)")
-    p.add_argument("--dry-run", action="store_true", help="check everything and print the avrdude command only")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the image and print the avrdude command only (the port need not exist)")
+    _add_board_choice(p)
     p.set_defaults(func=cmd_flash)
     return parser
 

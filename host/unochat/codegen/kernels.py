@@ -115,8 +115,10 @@ def int8_acc_bits(model: IntModel, index: int) -> int:
 
 
 def c_kernels(layer: IntLayer) -> list[LayerKernel]:
-    """The C kernels a layer can run on: row-major, and sparse where its format and size allow."""
-    sparse = formats.get(layer.fmt).sparse and layer.weight.size <= formats.SPARSE_MAX_WEIGHTS
+    """The C kernels a layer can run on: row-major, and sparse where its format and size allow it and it
+    takes less flash (for z80ai-like weights, mostly 0; not for a random 2-bit layer's)."""
+    sparse = (formats.get(layer.fmt).sparse and formats.sparse_fits(layer.weight)
+              and formats.sparse_bytes(layer.weight) < formats.get(layer.fmt).row_bytes(layer.n_in) * layer.n_out)
     return [LayerKernel(layer.fmt, "c")] + ([LayerKernel(layer.fmt, "sparse")] if sparse else [])
 
 

@@ -57,7 +57,7 @@ SKIP_ZEROS_BELOW = 0.8  # zero thresholds cost ~10 cycles per nonzero output and
 # (an all-C 256-384-192-41 model was 76 B over it with 260 B per C layer; tests/test_kernels.py builds a
 # 256-400-192-41 one whose only plan that fits is all C).
 FIRMWARE_SRAM = 185
-FIRMWARE_FLASH = 3_560
+FIRMWARE_FLASH = 3_830
 FAST_LAYER_FLASH, C_LAYER_FLASH = 260, 310
 C_REQUANT_FLASH = 350  # a fast layer that requantizes in C (sums past 24 bits, i16 outputs)
 STORE_CODE_FLASH = 600  # the reply store's decoder and its step (unochat_model.c.j2), rounded up
@@ -140,7 +140,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
         for skip_zeros in (skip, [False] * n):
             for unroll in unrolls:
                 candidate = make_plan(kernels, skip_zeros, unroll)
-                if flash_bytes(model, candidate) <= board.flash_limit:
+                if flash_bytes(model, candidate) <= board.model_flash:
                     return candidate
     kernels, skip = list(kernels), [False] * n
     while any(not k.is_c for k in kernels):
@@ -148,7 +148,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
         biggest = max((i for i, k in enumerate(kernels) if not k.is_c), key=lambda i: model.layers[i].weight.size)
         kernels[biggest] = min(c_kernels(model.layers[biggest]),
                                key=lambda k, i=biggest: layer_context(model, i, k, c_plan(model), arrays=False)["weight_bytes"])
-        if flash_bytes(model, make_plan(kernels, skip, UNROLLS[-1])) <= board.flash_limit:
+        if flash_bytes(model, make_plan(kernels, skip, UNROLLS[-1])) <= board.model_flash:
             break
     return make_plan(kernels, skip, UNROLLS[-1])
 
@@ -176,4 +176,4 @@ def store_room(features: FeatureSpec, hidden: list[int], layer_formats: list[str
     placeholder = IntModel(layers, charset, features, name="placeholder")
     fastest = plan_layers(placeholder, board=replace(board, flash_limit=2**31))
     smallest = replace(fastest, unroll=UNROLLS[-1], skip_zeros=[False] * len(layers))
-    return board.flash_limit - flash_bytes(placeholder, smallest) - STORE_CODE_FLASH
+    return board.model_flash - flash_bytes(placeholder, smallest) - STORE_CODE_FLASH

@@ -1,6 +1,6 @@
 """PlatformIO, offline: the project-local core dir, the tool-scons registration and `pio run`.
 
-`pio run -e uno_offline` builds with tools/pio-platform (Debian's avr-gcc 5.4 and Arduino core, no
+`pio run -e uno_offline` (one `<board>_offline` environment per board of boards.py) builds with tools/pio-platform (Debian's avr-gcc 5.4 and Arduino core, no
 registry needed); tools/setup.sh registers tools/tool-scons in the core dir, which PlatformIO needs.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .size import BuildError
 
-OFFLINE_ENV = "uno_offline"
+OFFLINE_SUFFIX = "_offline"  # the environments of tools/pio-platform (boards.Board.pio_env)
 # PlatformIO otherwise checks PyPI for upgrades after a build (~60 s offline) and sends telemetry.
 PIO_QUIET_ENV = {
     "PLATFORMIO_DISABLE_UPGRADE_CHECK": "true",
@@ -59,11 +59,11 @@ def _pio_executable() -> Path:
     return pio
 
 
-def run_pio(project_dir: Path, env: str = OFFLINE_ENV, target: str | None = None, port: str | None = None) -> None:
+def run_pio(project_dir: Path, env: str, target: str | None = None, port: str | None = None) -> None:
     """Run `pio run` for one environment, streaming its output; raise BuildError on failure."""
     project_dir = Path(project_dir).resolve()
     core_dir = pio_core_dir(project_dir)
-    if env == OFFLINE_ENV and tool_scons_dir(core_dir) is None:
+    if env.endswith(OFFLINE_SUFFIX) and tool_scons_dir(core_dir) is None:
         # Without it PlatformIO tries its registry and only fails after ~60 s of retries.
         raise BuildError(
             f"PlatformIO's tool-scons is not installed in {core_dir}; run tools/setup.sh"

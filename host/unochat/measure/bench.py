@@ -11,11 +11,11 @@ For every model (an integer .npz, a .pt checkpoint, or a pipeline directory stan
   project (firmware/project.py: the repo's build/ is left alone); fits = firmware.size.check_budget. The offline build links oversized
   images, so a model that does not fit still has measured sizes.
 - cycles and ms per generated character (query features, the EOS step and the UART writes included),
-  from the firmware's own Timer1 counts on the virtual UNO (or a real one), every reply checked against
-  the reference.
-  Only firmware that fits the UNO is run: the simulated ATmega328P has the UNO's 32 KB of flash (simavr
-  refuses a bigger image), and a latency computed from a formula would not be a measurement. A model that
-  does not fit has no latency; the row says why.
+  from the firmware's own Timer1 counts on the virtual board (or a real one), every reply checked against
+  the reference. `board` (boards.py; default the UNO) sets the budget, the build and the simulated MCU.
+  Only firmware that fits the board is run: the simulated MCU has the board's flash (simavr refuses a
+  bigger image), and a latency computed from a formula would not be a measurement. A model that does not
+  fit has no latency; the row says why.
 - a few example replies (the reference's, which the device matched where it ran).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from ..board.client import connect
 from ..board.flash import flash
-from ..boards import UNO
+from ..boards import UNO, Board
 from ..data.augment import TYPED_DIFFERENTLY, typed_differently
 from ..data.dataset import Dataset, Pair, load_dataset, recorded_dataset, training_split
 from ..firmware.build import build_firmware
@@ -43,7 +43,8 @@ from ..train.checkpoint import load_model
 from ..train.pipeline import HELDOUT_DIR, MANIFEST
 from .latency import BENCH_QUERIES, LatencyReport, bench_queries, measure_latency
 
-NOT_RUN = "not run: does not fit the UNO (the simulated ATmega328P has only the UNO's flash and SRAM)"
+def not_run(board: Board) -> str:
+    return f"not run: does not fit the {board.title} (the simulated {board.mcu} has only its flash and SRAM)"
 
 
 @dataclass
@@ -81,6 +82,7 @@ class BenchRow:
     train_seconds: float | None = None
     examples: list[dict] = field(default_factory=list)
     latency: dict | None = None  # the whole LatencyReport
+    board: str = UNO.name  # boards.py: the budget, the build and the (virtual) board it was timed on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,14 +183,16 @@ def corpus_figures(model: IntModel, dataset: Dataset, seed: int = 0) -> dict:
     }
 
 
-def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_examples: int) -> BenchRow:
+def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_examples: int,
+                    board: Board = UNO) -> BenchRow:
     data_path = dataset_path(model, data)
     corpus = load_dataset(data_path, **reading(model))
     pairs = load_dataset(data_path, charset=model.charset[:-1], **reading(model)).pairs  # unspellable: skipped
     trained_on, held = split(model, pairs)
     m = evaluate(model, trained_on)
     row = BenchRow(
-        name=path.stem, dataset=dataset_label(data_path), model=str(path), shape=model.shape, bits=_bits(model),
+        name=path.stem, dataset=dataset_label(data_path), model=str(path), board=board.name, shape=model.shape,
+        bits=_bits(model),
         params=model.params(), pairs=len(trained_on), tf=m["tf"], em=m["em"], loss=m["loss"],
         train_seconds=model.meta.get("total_seconds"), decoding=model.decoding,
         stored=len(model.replies) if model.replies is not None else None, **corpus_figures(model, corpus),
@@ -208,24 +212,24 @@ def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_exam
 
 
 # ---- firmware ------------------------------------------------------------------------------------
-def build_sizes(model: IntModel, project: Path) -> tuple[SizeReport | None, Path | None, str | None]:
+def build_sizes(model: IntModel, project: Path, board: Board = UNO) -> tuple[SizeReport | None, Path | None, str | None]:
     """(avr-size of the linked firmware, its ELF, why it does not fit or None). Sizes and ELF are None
     when no image could be linked (a layer too big for avr-gcc: build_firmware refuses it before compiling)."""
     elf = project / "build" / "firmware.elf"
     elf.unlink(missing_ok=True)  # the project is reused: never measure the previous model's image
     try:
-        return build_firmware(model, project), elf, None
+        return build_firmware(model, project, board=board), elf, None
     except BudgetError as e:
         return (e.report, elf, str(e)) if elf.is_file() else (None, None, str(e))
 
 
-def elf_sizes(model: IntModel, elf: Path) -> tuple[SizeReport | None, Path, str | None]:
+def elf_sizes(model: IntModel, elf: Path, board: Board = UNO) -> tuple[SizeReport | None, Path, str | None]:
     """The same for an already built ELF; sizes only if it was built for this model (its `!i` names the id)."""
     if f"id={model.fingerprint()} ".encode() not in elf.read_bytes():
         return None, elf, None
-    report = avr_size(elf)
+    report = avr_size(elf, board)
     try:
-        check_budget(report)
+        check_budget(report, board.stack_reserve)
     except BudgetError as e:
         return report, elf, str(e)
     return report, elf, None
@@ -233,13 +237,13 @@ def elf_sizes(model: IntModel, elf: Path) -> tuple[SizeReport | None, Path, str 
 
 def time_on_device(
     model: IntModel, elf: Path | None, sizes: SizeReport | None, *, port: str | None, flash_first: bool,
-    queries: int, timeout: float,
+    queries: int, timeout: float, board: Board = UNO,
 ) -> LatencyReport:
-    """measure_latency on the virtual UNO running `elf`, or on the real UNO at `port` (flashed first if asked)."""
+    """measure_latency on the virtual board running `elf`, or on the real one at `port` (flashed first if asked)."""
     dataset, chosen = bench_queries(model, queries)
     if port is not None and flash_first:
-        flash(port, elf.with_suffix(".hex"))
-    with connect(port=port, sim=None if port else elf, timeout=timeout) as client:
+        flash(port, elf.with_suffix(".hex"), board=board)
+    with connect(port=port, sim=None if port else elf, timeout=timeout, board=board) as client:
         return measure_latency(client, model, chosen, sizes=sizes, dataset=dataset)
 
 
@@ -268,10 +272,12 @@ def bench(
     queries: int = BENCH_QUERIES,
     examples: int = 3,
     timeout: float = 20.0,
+    board: Board = UNO,
     log: Callable[[str], None] = print,
 ) -> list[BenchRow]:
-    """One BenchRow per model. `elf`: time this already built firmware (one model) instead of building;
-    `port`: a real UNO (`flash_first`: flash each model's build before timing it, else it must run it)."""
+    """One BenchRow per model on `board`. `elf`: time this already built firmware (one model) instead of
+    building; `port`: a real board (`flash_first`: flash each model's build before timing it, else it must
+    run it)."""
     files = expand_models(paths)
     if (elf is not None or (port is not None and not flash_first)) and len(files) != 1:
         raise ValueError("a given firmware, or a board that is not flashed, runs one model: bench one at a time")
@@ -281,23 +287,23 @@ def bench(
             model = load_model(path)
             model.name = path.stem
             log(f"bench {path}: {model.describe()}")
-            row = measure_quality(path, model, data, examples)
+            row = measure_quality(path, model, data, examples, board)
             if elf is not None:
-                sizes, run_elf, budget = elf_sizes(model, elf)
+                sizes, run_elf, budget = elf_sizes(model, elf, board)
             elif build:
-                sizes, run_elf, budget = build_sizes(model, project)
+                sizes, run_elf, budget = build_sizes(model, project, board)
             else:
                 sizes, run_elf, budget = None, None, None
             _add_sizes(row, sizes, budget)
             if not latency:
                 row.latency_note = "not measured (--no-latency)"
             elif budget is not None:
-                row.latency_note = NOT_RUN
+                row.latency_note = not_run(board)
             elif run_elf is None and port is None:
                 row.latency_note = "not measured (no firmware built)"
             else:
                 report = time_on_device(model, run_elf, sizes, port=port, flash_first=flash_first,
-                                        queries=queries, timeout=timeout)
+                                        queries=queries, timeout=timeout, board=board)
                 log(report.table())
                 _add_latency(row, report)
             rows.append(row)
@@ -325,8 +331,9 @@ def table(rows: list[BenchRow]) -> str:
                   "TF ho/EM ho on the seeded held-out split, from a model trained without it", head]
         for r in block:
             fits = "-" if r.fits is None else ("yes" if r.fits else "no")
+            name = r.name if r.board == UNO.name else f"{r.name}@{r.board}"
             lines.append(
-                f"{r.name:<10} {'-'.join(map(str, r.shape)):<20} {r.bits:<8} {r.params:>8,} {_pct(r.tf):>6} "
+                f"{name:<10} {'-'.join(map(str, r.shape)):<20} {r.bits:<8} {r.params:>8,} {_pct(r.tf):>6} "
                 f"{_pct(r.em):>6} {_num(r.loss, '.4f'):>6} {_pct(r.tf_heldout):>6} {_pct(r.em_heldout):>6} "
                 f"{_num(r.flash_bytes):>8} {_num(r.sram_bytes):>7} {fits:>4} {_num(r.cycles_per_char):>9} "
                 f"{_num(r.ms_per_char, '.2f'):>7} {_num(r.train_seconds):>7}"

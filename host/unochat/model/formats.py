@@ -154,6 +154,17 @@ def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return mask.astype(np.uint8), signs.astype(np.uint8), exceptions
 
 
+# avr-gcc's largest array (its sizes are 16-bit signed): a random 2-bit 256x256 layer's -2 list (16,425
+# entries) would be 32,850 B
+MAX_ARRAY_BYTES = 2**15 - 1
+
+
+def sparse_fits(weight: np.ndarray) -> bool:
+    """Whether a codes2 layer can be stored sparse: uint16 indices reach all its weights, and each of its
+    tables is an array avr-gcc allows."""
+    return weight.size <= SPARSE_MAX_WEIGHTS and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight))
+
+
 def sparse_bytes(weight: np.ndarray) -> int:
     """Flash of a layer stored sparse."""
     return sum(a.nbytes for a in pack_sparse(weight))
