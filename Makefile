@@ -1,4 +1,5 @@
 # unochat: `make` (= `make firmware`) builds the UNO firmware for the default model; `make test` runs the tests.
+# BOARD=nano|nano-old|mega2560 builds, simulates and flashes for another board (host/unochat/boards.py).
 # Every target installs what is missing first (tools/setup.sh is idempotent and fast when all is there).
 
 VENV      := .venv
@@ -7,6 +8,7 @@ UNOCHAT   := $(VENV)/bin/unochat
 MODEL     ?= models/default.npz
 DATA      ?= data/default.txt
 PORT      ?= /dev/ttyACM0
+BOARD     ?= uno
 LINK      ?= /tmp/unochat-uno
 UNOSIM    := tools/bin/unosim
 # The z80ai tinychat data, when the shared checkout sits beside this repo: `make bench` adds its pipeline.
@@ -26,7 +28,7 @@ export PLATFORMIO_CORE_DIR := $(CURDIR)/.pio-core
 export PLATFORMIO_DISABLE_UPGRADE_CHECK := true
 export PLATFORMIO_SETTING_ENABLE_TELEMETRY := no
 
-.PHONY: all firmware setup test sim chat bench model flash clean
+.PHONY: all firmware setup test sim chat bench model flash library clean
 
 all: firmware
 
@@ -37,7 +39,7 @@ setup:
 
 # export + PlatformIO build + avr-size budget check; PlatformIO rebuilds only what changed
 firmware: setup
-	$(UNOCHAT) build $(MODEL)
+	$(UNOCHAT) build $(MODEL) --board $(BOARD)
 
 $(UNOSIM): tools/unosim/unosim.c
 	$(MAKE) -C tools/unosim
@@ -46,10 +48,14 @@ test: setup $(UNOSIM)
 	$(PY) -m pytest -q
 
 sim: firmware $(UNOSIM)
-	$(UNOCHAT) sim --link $(LINK)
+	$(UNOCHAT) sim --link $(LINK) --board $(BOARD)
 
 chat: firmware $(UNOSIM)
-	$(UNOCHAT) chat --sim
+	$(UNOCHAT) chat --sim --board $(BOARD)
+
+# The model as an Arduino library for the IDE (README "Use it in your own sketch")
+library: setup
+	$(UNOCHAT) export $(MODEL) --arduino-library build/arduino --board $(BOARD)
 
 # ChatterBot's English corpus: the PyPI package chatterbot-corpus (data only; --no-deps: it pins an old
 # PyYAML), installed into the venv by the bench, never vendored. Without PyPI its row is skipped.
@@ -67,6 +73,9 @@ ifdef TINYCHAT_PIPELINE
 	$(PIPELINE) --variants baseline,pruned,binary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build --case upper
 endif
 	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(Z80AI_STOCK) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
+ifdef TINYCHAT_PIPELINE
+	$(UNOCHAT) bench --board mega2560 $(TINYCHAT_PIPELINE)/baseline.npz $(Z80AI_STOCK) --json build/bench-mega2560.json
+endif
 	$(UNOCHAT) bench --kernels --json build/kernels.json
 
 ifdef Z80AI_STOCK
@@ -88,7 +97,7 @@ model: setup
 	$(PIPELINE) --variants best --data $(DATA) --out-dir build/pipeline/default --export-best models/default.pt
 
 flash: firmware
-	$(UNOCHAT) flash --port $(PORT)
+	$(UNOCHAT) flash --port $(PORT) --board $(BOARD)
 
 clean:
 	rm -rf build .pio firmware/generated

@@ -100,7 +100,7 @@ def test_flash_falls_back_to_smaller_kernels() -> None:
     assert plan.unroll == 8 and not any(plan.skip_zeros)
     assert flash_bytes(model, replace(plan, unroll=16)) > UNO.flash_limit
     # a little wider: 4 copies do not fit without thresholds either, 2 do not, 1 does
-    wider = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 146, 96])
+    wider = random_model(2, ["1bit", "2bit", "2bit", "2bit"], [256, 142, 96])
     plan = plan_layers(wider, density)
     assert plan.unroll == 1 and not any(plan.skip_zeros) and plan.kernels[0].loop == "list"
     assert flash_bytes(wider, plan) <= UNO.flash_limit < flash_bytes(wider, replace(plan, unroll=2))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up of a unochat checkout (`make setup` runs it).
-#   1. Debian packages: AVR toolchain, Arduino core, avrdude, simavr (apt-get as root, else sudo)
+#   1. Debian packages: AVR toolchain, Arduino core and builder, avrdude, simavr (apt-get as root, else sudo)
 #   2. .venv with torch==2.13.0 first, then this project (editable) with its pinned deps
 #   3. tools/tool-scons registered in the project-local PlatformIO core dir (.pio-core), so that
 #      `pio run -e uno_offline` never needs PlatformIO's registry
@@ -24,7 +24,7 @@ export PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL=36500
 export PLATFORMIO_SETTING_ENABLE_TELEMETRY=no
 
 # libsimavr-dev drags in libsimavrparts1 (and libgl1); --no-install-recommends keeps the rest out.
-DEB_PACKAGES=(gcc-avr avr-libc binutils-avr arduino-core-avr avrdude simavr libsimavr-dev
+DEB_PACKAGES=(gcc-avr avr-libc binutils-avr arduino-core-avr arduino-builder avrdude simavr libsimavr-dev
               pkg-config libelf-dev make gcc python3-venv)
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -228,6 +228,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..codegen.render import render
 
     model = load_model(args.model)
+    if args.arduino_library:
+        return _export_library(model, args)
     out_dir = Path(args.out_dir) if args.out_dir else GENERATED
     plan = _plan(model, args.kernel_path, get_board(args.board))
     for path in render(model, out_dir, kernels=args.kernel_path, plan=plan):
@@ -235,6 +237,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int_model:
         model.save(args.int_model)
         print(f"wrote {args.int_model}")
+    return 0
+
+
+def _export_library(model: IntModel, args: argparse.Namespace) -> int:
+    from ..firmware.arduino import LIBRARY, export_library, zip_library
+
+    lib_dir = Path(args.arduino_library)
+    if lib_dir.name != LIBRARY:
+        lib_dir = lib_dir / LIBRARY
+    board = get_board(args.board)
+    written = export_library(model, lib_dir, board, kernels=args.kernel_path, question=args.question)
+    print(f"wrote the Arduino library {lib_dir} ({len(written)} files) and {zip_library(lib_dir)}: in the "
+          f"Arduino IDE, Sketch > Include Library > Add .ZIP Library, then File > Examples > unochat > Chat "
+          f"(board: {board.title})")
     return 0
 
 
@@ -532,10 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the model here (default: in place)")
     p.set_defaults(func=cmd_density)
 
-    p = sub.add_parser("export", help="render the model's C into firmware/generated/")
+    p = sub.add_parser("export", help="render the model's C into firmware/generated/, or an Arduino library")
     p.add_argument("model", nargs="?", help="model file (.npz or .pt); default: models/default.npz")
     p.add_argument("--out-dir", help="where to write the C (default firmware/generated)")
     p.add_argument("--int-model", help="also write the integer model to this .npz")
+    p.add_argument("--arduino-library", metavar="DIR",
+                   help="instead: write an Arduino library (DIR/unochat, and DIR/unochat.zip for the IDE's Add .ZIP "
+                        "Library) with the model, a C API and the examples Chat and Hello")
+    p.add_argument("--question", default="hello", help="what the library's Hello example asks (default: hello)")
     _add_kernel_path_argument(p)
     _add_board_choice(p)
     p.set_defaults(func=cmd_export)
