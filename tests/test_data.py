@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -82,10 +83,36 @@ def test_a_directory_of_yaml_is_one_corpus(tmp_path):
 
 
 def test_yaml_turns_that_are_not_text_are_refused_with_their_line(tmp_path):
-    content = b"conversations:\n- - one\n  - two\n- just a string, not a list\n- - a\n  - [nested, list]\n  - fine\n- - 42\n  - yes\n"
+    content = (b"conversations:\n- - one\n  - two\n- just a string, not a list\n- - a\n  - [nested, list]\n  - fine\n"
+               b"- - 42\n  - yes\n- - a lone turn\n")
     data = load_dataset(write(tmp_path, "c.yml", content))
     assert [(p.query, p.response) for p in data.pairs] == [("one", "two"), ("42", "yes")]  # scalars as written
-    assert [(p.line, p.kind) for p in data.problems] == [(4, "not_text"), (5, "not_text"), (6, "not_text")]
+    # the list on line 6 refuses both pairs it is in, each named by the list's own line
+    assert [(p.line, p.kind) for p in data.problems] == [(4, "not_text"), (6, "not_text"), (6, "not_text"),
+                                                         (10, "no_separator")]
+    assert str(data.problems[-1]).endswith("c.yml:10: a conversation of 1 turn: no pair")
+
+
+def test_a_refused_yaml_turn_is_named_by_its_own_line(tmp_path):
+    path = write(tmp_path, "c.yml", "conversations:\n- - hello there\n  - caf\u00e9 time\n  - x\n".encode())
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(path)
+    # (hello there, café time) is refused at the response's line 3, (café time, x) at the query's: line 3 too
+    why = "has character '\u00e9' (U+00E9); only printable ASCII is allowed (--transliterate maps letters to ASCII)"
+    assert str(refused.value).splitlines()[1:] == [f"  {path}:3: response {why}", f"  {path}:3: query {why}"]
+    long = load_dataset(write(tmp_path, "d.yml", b"conversations:\n- - hi there\n  - ok\n- - long\n  - " + b"A" * 256 + b"\n"))
+    assert [(p.line, p.kind) for p in long.problems] == [(5, "long_response")]
+
+
+def test_a_file_that_cannot_be_read_is_named_with_its_line(tmp_path):
+    write(tmp_path, "a.yml", FORMATS["c.yml"])
+    write(tmp_path, "b.yml", b"conversations:\n- - ok\n  - : bad\n")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path / 'b.yml'))}:3: not ChatterBot YAML: .* \(column 5\)$"):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"c\.yml:3: not valid UTF-8 \(byte 0xFF at column 6\)$"):
+        load_dataset(write(tmp_path, "c.yml", b"conversations:\n- - hi\n  - y\xffo\n"))
+    with pytest.raises(DatasetError, match=r"d\.yml: not ChatterBot YAML: no `conversations:` list$"):
+        load_dataset(write(tmp_path, "d.yml", b"categories: [x]\n"))
 
 
 BAD = [  # (line, kind, reason)
@@ -113,12 +140,18 @@ def test_refusals_are_counted_by_kind_with_file_and_line(tmp_path, line, kind, r
 
 
 def test_bad_rows_of_the_other_formats(tmp_path):
-    jsonl = load_dataset(write(tmp_path, "c.jsonl", b'{"query": "hi", "response": "yo"}\nnot json\n{"query": "q"}\n'))
-    assert [(p.line, p.kind) for p in jsonl.problems] == [(2, "no_separator"), (3, "no_separator")]
-    csv = load_dataset(write(tmp_path, "c.csv", b'query,response\nhi,"a\nlong one"\nonly one column\nok,fine\n'))
-    assert [(p.query, p.response, p.line) for p in csv.pairs] == [("hi", "a long one", 2), ("ok", "fine", 5)]
-    assert [(p.line, p.kind) for p in csv.problems] == [(4, "no_separator")]
-    with pytest.raises(DatasetError, match=r"header row must name `query` and `response` columns, found \['q', 'r'\]"):
+    jsonl = load_dataset(write(tmp_path, "c.jsonl", b'{"query": "hi", "response": "yo"}\nnot json\n{"query": "q"}\n'
+                                                    b'{"query": "what", "response": 42}\n'))
+    assert [(p.line, p.kind) for p in jsonl.problems] == [(2, "no_separator"), (3, "no_separator"), (4, "not_text")]
+    assert jsonl.problems[-1].reason == "the response is 42, not a string"
+    csv = load_dataset(write(tmp_path, "c.csv", b'query,response\nhi,"a\nlong one"\nonly one column\nok,fine\n'
+                                                b'bad,"two\nli\xffnes"\nlast,one\n'))
+    assert [(p.query, p.response, p.line) for p in csv.pairs] == [("hi", "a long one", 2), ("ok", "fine", 5),
+                                                                  ("last", "one", 8)]
+    assert [(p.line, p.kind) for p in csv.problems] == [(4, "no_separator"), (7, "bad_utf8")]  # the bad byte's line
+    assert csv.problems[-1].reason == "not valid UTF-8 (byte 0xFF at column 3)"
+    with pytest.raises(DatasetError, match=r"d\.csv:1: the header row must name `query` and `response` columns, "
+                                           r"found \['q', 'r'\]"):
         load_dataset(write(tmp_path, "d.csv", b"q,r\na,b\n"))
     with pytest.raises(DatasetError, match=r"unknown corpus format '.xml'"):
         load_dataset(write(tmp_path, "d.xml", b"<a/>"))
@@ -137,6 +170,14 @@ def test_transliteration_is_asked_for(tmp_path):
     data = load_dataset(path, transliterate=True)
     assert [(p.query, p.response) for p in data.pairs] == [("cafe", "Creme brulee"), ("hi", "ok")]
     assert data.refusals() == {"empty": 1}  # the snowman has no ASCII form: nothing is left
+    assert data.problems[0].reason == "empty response: nothing in '\u2603' has an ASCII form"
+
+
+def test_upper_case_comes_after_the_ascii_check(tmp_path):
+    # upper-casing would turn the German sharp s into "SS", ASCII that the corpus never wrote
+    data = load_dataset(write(tmp_path, "d.txt", "street|Stra\u00dfe\nhi|ok\n".encode()), case="upper")
+    assert [p.response for p in data.pairs] == ["OK"]
+    assert "response has character '\u00df' (U+00DF)" in data.problems[0].reason
 
 
 def test_replies_up_to_the_device_limit(tmp_path):
@@ -156,8 +197,10 @@ def test_missing_and_empty_corpora(tmp_path):
         load_dataset(tmp_path / "nope.txt")
     with pytest.raises(DatasetError, match=r"no usable query/response pairs \(1 refused\)"):
         load_dataset(write(tmp_path, "d.txt", b"# only a comment\nno pipe\n"))
-    with pytest.raises(DatasetError, match=r"no usable query/response pairs \(2 refused\)"):
+    with pytest.raises(DatasetError, match=r"no usable query/response pairs \(2 refused\)") as refused:
         load_dataset(write(tmp_path, "e.txt", b"x|refused: a short query\n!cmd|refused: a command\n"))
+    assert "e.txt:1: query shorter than 2 characters" in str(refused.value)  # the error says why, kind by kind
+    assert "e.txt:2: queries starting with '!' are reserved" in str(refused.value)
     broken = tmp_path / "broken.txt.gz"
     broken.write_bytes(b"not gzip at all")
     with pytest.raises(DatasetError, match="cannot read"):

@@ -8,8 +8,10 @@
     .jsonl      one JSON object a line with `query` and `response` strings
 A `.gz` after any of them is read through gzip.
 
-A reader only splits a file into raw pairs, each with the line it starts on, or says why a line is no
-pair (`Unreadable`); the rules every pair must then meet are data/dataset.py's, the same for every format.
+A reader only splits a file into raw pairs, each with the lines its query and response are on, or says
+why a line is no pair (`Unreadable`); the rules every pair must then meet are data/dataset.py's, the same
+for every format. A file that cannot be read at all (not YAML, a header without the columns) is a
+CorpusError naming the file and, where it is known, the line.
 """
 from __future__ import annotations
 
@@ -25,14 +27,20 @@ import yaml
 
 
 class CorpusError(ValueError):
-    """A corpus file that cannot be read at all; the message names the file."""
+    """A corpus file that cannot be read at all. A reader gives the line where it knows it; read_corpus
+    puts the file's name in front."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.line = line
 
 
 @dataclass(frozen=True)
 class RawPair:
-    line: int
+    line: int  # the query's line: where the pair is named
     query: str
     response: str
+    response_line: int  # the response's own line (the next turn's, in YAML), where a refused response is named
 
 
 @dataclass(frozen=True)
@@ -45,13 +53,22 @@ class Unreadable:
 Item = RawPair | Unreadable
 
 
+def _not_utf8(line: str) -> str | None:
+    """Why a line decoded with errors="surrogateescape" is not UTF-8 (its first bad byte and the byte's
+    column), or None if it is."""
+    for i, c in enumerate(line):
+        if "\udc80" <= c <= "\udcff":  # where surrogateescape kept an undecodable byte
+            column = len(line[:i].encode("utf-8", "surrogateescape")) + 1
+            return f"not valid UTF-8 (byte 0x{ord(c) - 0xDC00:02X} at column {column})"
+    return None
+
+
 def _text_lines(data: bytes) -> Iterator[tuple[int, str | Unreadable]]:
     """(line number, its text), or why the line is not UTF-8."""
     for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield number, Unreadable(number, "bad_utf8", f"not valid UTF-8 (byte 0x{raw[e.start]:02X} at column {e.start + 1})")
+        text = raw.decode("utf-8", "surrogateescape")
+        reason = _not_utf8(text)
+        yield number, text if reason is None else Unreadable(number, "bad_utf8", reason)
 
 
 def read_txt(data: bytes) -> Iterator[Item]:
@@ -66,15 +83,33 @@ def read_txt(data: bytes) -> Iterator[Item]:
             yield Unreadable(number, "no_separator", "no '|' between query and response")
             continue
         query, response = stripped.split("|", 1)
-        yield RawPair(number, query, response)
+        yield RawPair(number, query, response, number)
+
+
+def _yaml_root(data: bytes) -> yaml.Node | None:
+    """The file's YAML node tree (line numbers kept), or a CorpusError naming the line it fails on."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorpusError(_not_utf8(data.split(b"\n")[line - 1].decode("utf-8", "surrogateescape")), line) from None
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = ", ".join(filter(None, [e.context, e.problem]))
+        raise CorpusError(f"not ChatterBot YAML: {what}" + (f" (column {mark.column + 1})" if mark else ""),
+                          mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as e:  # the reader's: a character YAML does not allow
+        position = getattr(e, "position", None)
+        raise CorpusError(f"not ChatterBot YAML: {e}".split("\n")[0],
+                          text.count("\n", 0, position) + 1 if position is not None else None) from None
 
 
 def read_yaml(data: bytes) -> Iterator[Item]:
-    """Consecutive turns of each conversation; a turn is its scalar's text as written (`- 42` is "42")."""
-    try:
-        root = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CorpusError(f"not ChatterBot YAML: {e}") from e
+    """Consecutive turns of each conversation; a turn is its scalar's text as written (`- 42` is "42").
+    A refused turn is named by its own line."""
+    root = _yaml_root(data)
     conversations = None
     if isinstance(root, yaml.MappingNode):
         conversations = next((v for k, v in root.value if k.value == "conversations"), None)
@@ -86,33 +121,37 @@ def read_yaml(data: bytes) -> Iterator[Item]:
             yield Unreadable(line, "not_text", "a conversation that is not a list of turns")
             continue
         turns = conversation.value
+        if len(turns) < 2:
+            yield Unreadable(line, "no_separator", f"a conversation of {len(turns)} turn{'s' * (len(turns) != 1)}: no pair")
         for first, second in zip(turns, turns[1:]):
-            at = first.start_mark.line + 1
-            if not (isinstance(first, yaml.ScalarNode) and isinstance(second, yaml.ScalarNode)):
-                yield Unreadable(at, "not_text", "a turn that is not text (a list or a mapping)")
+            not_text = next((t for t in (first, second) if not isinstance(t, yaml.ScalarNode)), None)
+            if not_text is not None:
+                yield Unreadable(not_text.start_mark.line + 1, "not_text", "a turn that is not text (a list or a mapping)")
             else:
-                yield RawPair(at, first.value, second.value)
+                yield RawPair(first.start_mark.line + 1, first.value, second.value, second.start_mark.line + 1)
 
 
 def _read_table(data: bytes, delimiter: str) -> Iterator[Item]:
-    try:
-        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is no part of the header
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"not valid UTF-8 (byte at {e.start})") from e
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # a spreadsheet's byte-order mark is no part of the header; a bad byte refuses its row, not the file
+    lines = io.StringIO(data.decode("utf-8-sig", "surrogateescape"), newline="").readlines()  # lines as csv sees them
+    rows = csv.reader(lines, delimiter=delimiter)
     header = [name.strip().lower() for name in next(rows, [])]
     if "query" not in header or "response" not in header:
-        raise CorpusError(f"the header row must name `query` and `response` columns, found {header}")
+        raise CorpusError(f"the header row must name `query` and `response` columns, found {header}", 1)
     q, r = header.index("query"), header.index("response")
-    start = 2
+    start = rows.line_num + 1
     for row in rows:
         line, start = start, rows.line_num + 1
-        if not any(cell.strip() for cell in row):
+        bad = [Unreadable(n, "bad_utf8", why) for n, text in enumerate(lines[line - 1:start - 1], start=line)
+               if (why := _not_utf8(text))]
+        if bad:
+            yield bad[0]
+        elif not any(cell.strip() for cell in row):
             continue
-        if len(row) <= max(q, r):
+        elif len(row) <= max(q, r):
             yield Unreadable(line, "no_separator", f"{len(row)} columns; the header has {len(header)}")
         else:
-            yield RawPair(line, row[q], row[r])
+            yield RawPair(line, row[q], row[r], line)
 
 
 def read_csv(data: bytes) -> Iterator[Item]:
@@ -133,11 +172,14 @@ def read_jsonl(data: bytes) -> Iterator[Item]:
             except json.JSONDecodeError as e:
                 yield Unreadable(number, "no_separator", f"not JSON: {e.msg}")
                 continue
-            values = [record.get(key) if isinstance(record, dict) else None for key in ("query", "response")]
-            if not all(isinstance(v, str) for v in values):
-                yield Unreadable(number, "no_separator", "needs `query` and `response` strings")
+            keys = ("query", "response")
+            if not (isinstance(record, dict) and all(key in record for key in keys)):
+                yield Unreadable(number, "no_separator", "needs an object with `query` and `response` keys")
+            elif not all(isinstance(record[key], str) for key in keys):
+                key = next(key for key in keys if not isinstance(record[key], str))
+                yield Unreadable(number, "not_text", f"the {key} is {json.dumps(record[key])}, not a string")
             else:
-                yield RawPair(number, *values)
+                yield RawPair(number, record["query"], record["response"], number)
 
 
 READERS: dict[str, Callable[[bytes], Iterator[Item]]] = {
@@ -177,9 +219,17 @@ def file_bytes(path: Path) -> bytes:
         raise CorpusError(f"{path}: cannot read: {e}") from e
 
 
+def _named(file: Path, items: Iterator[Item]) -> Iterator[Item]:
+    """A reader's items; the error that stops a reader is named by its file (and line)."""
+    try:
+        yield from items
+    except CorpusError as e:
+        raise CorpusError(f"{file}:{e.line}: {e}" if e.line else f"{file}: {e}") from None
+
+
 def read_corpus(path: Path) -> Iterator[tuple[Path, bytes, Iterator[Item]]]:
     """Per file of the corpus: its path, its bytes and its items."""
     for file in corpus_files(path):
         reader = READERS[corpus_format(file)]
         data = file_bytes(file)
-        yield file, data, reader(data)
+        yield file, data, _named(file, reader(data))

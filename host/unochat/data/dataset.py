@@ -35,6 +35,7 @@ MIN_QUERY = 2  # z80ai drops shorter queries
 HELDOUT_SEED = 0  # fixed: every model is judged on the same held-out pairs, whatever its training seed
 SAMPLE_QUERIES = 20  # real queries that stand for a dataset where a model is timed or its density measured
 COMMAND_PREFIX = "!"  # device lines starting with it are machine commands (README, "Serial protocol")
+SHOWN_PER_KIND = 3  # refused lines shown of each kind where a corpus is read; `unochat data --refused` shows all
 
 
 class DatasetError(ValueError):
@@ -51,8 +52,8 @@ class Pair:
 # Why a pair is refused: its kind (a stable name, counted per corpus) and what the kind means.
 REFUSALS = {
     "bad_utf8": "not valid UTF-8",
-    "no_separator": "no pair on the line (no '|', a missing column or key, not JSON)",
-    "not_text": "a turn that is not text",
+    "no_separator": "no pair on the line (no '|', a missing column or key, not JSON, a one-turn conversation)",
+    "not_text": "a YAML turn that is a list or a mapping, or a JSON value that is not a string",
     "empty": "an empty query or response",
     "non_ascii": "a character outside printable ASCII (see --transliterate)",
     "command_prefix": f"a query starting with {COMMAND_PREFIX!r} (the device's machine commands)",
@@ -76,7 +77,7 @@ class Problem:
     path: str
     line: int
     reason: str
-    kind: str = "no_separator"
+    kind: str  # one of REFUSALS
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -101,6 +102,18 @@ class Dataset:
         return f"{self.path}: {len(self.pairs):,} pairs, {len(self.problems):,} refused" + (f" ({kinds})" if kinds else "")
 
 
+def refusal_lines(problems: list[Problem], per_kind: int = SHOWN_PER_KIND) -> list[str]:
+    """The refused lines kind by kind, the commonest kind first: the first `per_kind` of each, and how many
+    more of it there are."""
+    lines = []
+    for kind, n in Counter(problem.kind for problem in problems).most_common():
+        shown = [problem for problem in problems if problem.kind == kind][:per_kind]
+        lines += [f"  {problem}" for problem in shown]
+        if n > len(shown):
+            lines.append(f"  ... and {n - len(shown):,} more {kind}")
+    return lines
+
+
 def is_printable(text: str) -> bool:
     """Printable ASCII only (0x20-0x7E): what the device's line editor keeps, hashes and may reply with."""
     return all(" " <= c <= "~" for c in text)
@@ -116,28 +129,32 @@ def clean(text: str, transliterate: bool = False) -> str:
 
 
 def check_pair(raw: RawPair, case: str = "keep", transliterate: bool = False,
-               charset: str | None = None) -> Pair | tuple[str, str]:
-    """The pair a raw pair makes under the rules (module doc), or (kind, reason) why it is refused."""
-    query, response = clean(raw.query, transliterate), clean(raw.response, transliterate)
-    if case == "upper":
-        response = response.upper()
-    if not query or not response:
-        return "empty", "empty " + ("query" if not query else "response")
-    for side, value in (("query", query), ("response", response)):
-        if not is_printable(value):
-            bad = next(c for c in value if not is_printable(c))
-            return "non_ascii", (f"{side} has character {bad!r} (U+{ord(bad):04X}); only printable ASCII is "
-                                 "allowed (--transliterate maps letters to ASCII)")
+               charset: str | None = None) -> Pair | tuple[str, str, int]:
+    """The pair a raw pair makes under the rules (module doc), or (kind, reason, line) why it is refused,
+    `line` the line of the side at fault (a YAML response is the next turn, on a line of its own)."""
+    sides = {"query": (raw.query, raw.line), "response": (raw.response, raw.response_line)}
+    text = {side: clean(written, transliterate) for side, (written, _) in sides.items()}
+    for side, (written, line) in sides.items():
+        if not text[side]:
+            dropped = f": nothing in {written.strip()!r} has an ASCII form" if written.strip() else ""
+            return "empty", f"empty {side}{dropped}", line
+        bad = next((c for c in text[side] if not is_printable(c)), None)
+        if bad is not None:  # checked before upper-casing, which would turn some letters into ASCII (ß -> SS)
+            why = f"{side} has character {bad!r} (U+{ord(bad):04X}); only printable ASCII is allowed"
+            return "non_ascii", f"{why} (--transliterate maps letters to ASCII)", line
+    query, response = text["query"], text["response"].upper() if case == "upper" else text["response"]
     if query.startswith(COMMAND_PREFIX):
-        return "command_prefix", f"queries starting with {COMMAND_PREFIX!r} are reserved for the device's machine commands"
+        reserved = f"queries starting with {COMMAND_PREFIX!r} are reserved for the device's machine commands"
+        return "command_prefix", reserved, raw.line
     if len(query) < MIN_QUERY:
-        return "short_query", f"query shorter than {MIN_QUERY} characters"
+        return "short_query", f"query shorter than {MIN_QUERY} characters", raw.line
     if len(response) > MAX_REPLY:
-        return "long_response", f"response of {len(response)} characters, longer than {MAX_REPLY} (the device's reply limit)"
-    if charset is not None:
-        outside = sorted(set(response) - set(charset))
-        if outside:
-            return "outside_charset", f"response has characters outside the model's charset: {''.join(outside)!r}"
+        too_long = f"response of {len(response)} characters, longer than {MAX_REPLY} (the device's reply limit)"
+        return "long_response", too_long, raw.response_line
+    outside = sorted(set(response) - set(charset)) if charset is not None else []
+    if outside:
+        return ("outside_charset", f"response has characters outside the model's charset: {''.join(outside)!r}",
+                raw.response_line)
     return Pair(normalize_query(query), response, raw.line)
 
 
@@ -170,22 +187,25 @@ def load_dataset(path: str | Path, charset: str | None = None, strict: bool = Fa
     problems: list[Problem] = []
     digest = hashlib.sha256()
     try:
-        for n, (file, data, items) in enumerate(read_corpus(Path(path))):
+        for file, data, items in read_corpus(Path(path)):
             # one file: its lines, as the digest always was; a directory: each file's name and lines
             digest.update(b"\n".join(data.splitlines()) if not Path(path).is_dir() else file.name.encode() + data)
             for item in items:
-                checked = check_pair(item, case, transliterate, charset) if isinstance(item, RawPair) else (item.kind, item.reason)
+                checked = (check_pair(item, case, transliterate, charset) if isinstance(item, RawPair)
+                           else (item.kind, item.reason, item.line))
                 if isinstance(checked, Pair):
                     pairs.append(checked)
                     continue
-                problem = Problem(str(file), item.line, checked[1], checked[0])
+                kind, reason, line = checked
+                problem = Problem(str(file), line, reason, kind)
                 if strict:
                     raise DatasetError(str(problem))
                 problems.append(problem)
     except CorpusError as e:
         raise DatasetError(str(e)) from e
     if not pairs:
-        raise DatasetError(f"{path}: no usable query/response pairs ({len(problems)} refused)")
+        raise DatasetError("\n".join([f"{path}: no usable query/response pairs ({len(problems)} refused)",
+                                      *refusal_lines(problems)]))
     return Dataset(str(path), pairs, problems, digest.hexdigest()[:16])
 
 

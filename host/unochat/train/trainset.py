@@ -14,24 +14,29 @@ from typing import NamedTuple
 import numpy as np
 
 from ..data.augment import AugmentConfig, augment_pairs
-from ..data.dataset import EOS, Dataset, Pair, build_charset, load_dataset, training_split
+from ..data.dataset import (
+    EOS,
+    SHOWN_PER_KIND,
+    Dataset,
+    Pair,
+    build_charset,
+    load_dataset,
+    refusal_lines,
+    training_split,
+)
 from ..data.features import context_features, query_features, teacher_forced_examples
 from ..model.replies import ReplyStore, encode, select_replies
 from .config import TrainConfig
-
-SHOWN_PER_KIND = 3
 
 
 def report_problems(dataset: Dataset) -> None:
     """The dataset's summary (pairs, refusals per kind), then the first few refused lines of each kind;
     `unochat data FILE --refused` lists them all."""
     print(dataset.summary())
-    for kind, n in dataset.refusals().most_common():
-        shown = [p for p in dataset.problems if p.kind == kind][:SHOWN_PER_KIND]
-        for problem in shown:
-            print(f"  {problem}")
-        if n > len(shown):
-            print(f"  ... and {n - len(shown)} more {kind} (`unochat data {dataset.path} --refused` lists them all)")
+    for line in refusal_lines(dataset.problems):
+        print(line)
+    if any(n > SHOWN_PER_KIND for n in dataset.refusals().values()):
+        print(f"  (`unochat data {dataset.path} --refused` lists them all)")
 
 
 class TrainingData(NamedTuple):
