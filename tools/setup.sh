@@ -85,7 +85,7 @@ setup_venv() {
     # The editable install must be of *this* checkout, and its pins (platformio, scons) matter
     # because tools/pio-platform and tools/tool-scons lean on their internals.
     if python_ok "
-import importlib.metadata as m, sys, unochat, pytest, yaml
+import importlib.metadata as m, sys, unochat, pytest, yaml, optuna
 from pathlib import Path
 ok = Path(unochat.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve())
 ok = ok and m.version('platformio') == '6.2.0' and m.version('scons') == '4.11.1'

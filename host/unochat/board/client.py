@@ -387,8 +387,8 @@ class UnoClient:
     def uart_cycles(self, text: str, timeout: float | None = None) -> int:
         """`!u`: Timer1 cycles the firmware spends writing `text` (printable ASCII) to the UART a character
         at a time, each into an empty transmit buffer, as a chat's reply goes out."""
-        if not text or not is_printable(text) or text != text.strip():
-            raise ValueError(f"uart_cycles() takes printable ASCII without edge spaces, got {text!r}")
+        if not text or not is_printable(text) or text != " ".join(text.split()):
+            raise ValueError(f"uart_cycles() takes printable ASCII without edge spaces or runs of them, got {text!r}")
 
         def parse(line: bytes) -> int:
             echoed, sep, fields = _after_prefix(line, b"!u ").rpartition(" cycles=")

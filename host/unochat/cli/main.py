@@ -90,6 +90,13 @@ def _variants(text: str) -> list[str]:
     return names
 
 
+def _decodings(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in DECODINGS for n in names):
+        raise argparse.ArgumentTypeError(f"decodings are a comma-separated list of {', '.join(DECODINGS)}")
+    return names
+
+
 def load_model(path: str | Path | None) -> IntModel:
     """Any model file a command accepts; torch is imported only for a training checkpoint (.pt)."""
     if model_path(path).suffix == CHECKPOINT_SUFFIX:
@@ -424,6 +431,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 @_device_command
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..measure import search as s
+
+    if args.export_best and args.no_build:
+        raise ModelError("--export-best picks the best model that fits: it needs the front's firmware builds")
+    with _settings_errors():
+        seconds = s.parse_time(args.time) if args.time else None
+        chosen = {"widths": args.widths, "depths": args.depths, "formats": args.formats,
+                  "ratios": args.ratios, "epochs": args.epochs, "decodings": args.decodings}
+        space = s.SearchSpace(**{k: tuple(v) for k, v in chosen.items() if v is not None})
+        search = s.Search(data=Path(args.data), board=get_board(args.board), objective=args.objective,
+                          heldout=args.heldout, case=args.case, transliterate=args.transliterate, seed=args.seed,
+                          space=space, study=args.study, out_dir=args.out_dir, storage=args.storage)
+        if args.trials is None and seconds is None:
+            raise ValueError("say how long to search: --trials N, --time T, or both")
+    try:
+        study = s.optimize(search, args.trials, seconds)
+    except KeyboardInterrupt:
+        return 130
+    front = s.measured_front(search, s.front_candidates(study, args.front_max), build=not args.no_build)
+    print(s.table(search, front))
+    s.write_json(search, study, front, search.out_dir / "front.json")
+    s.plot(search, study, front, search.out_dir / "front.png")
+    print(f"wrote {search.out_dir / 'front.json'}, {search.out_dir / 'front.png'}")
+    if args.export_best:
+        best = s.best_row(search, front)
+        if best is None:
+            raise ModelError("no model of the front fits the board: search longer, or give it more room")
+        for path in s.export_best(best, Path(args.export_best)):
+            print(f"wrote {path} (trial {best.trial})")
+    return 0
+
+
+@_device_command
 def cmd_flash(args: argparse.Namespace) -> int:
     from ..board.flash import flash
 
@@ -664,6 +705,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="also plot EM against flash (matplotlib, e.g. bench.png)")
     _add_board_choice(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("search", help="find the best model that fits a board: Optuna over shapes, formats, pruning, "
+                                      "training and decoding; the Pareto front built and timed")
+    p.add_argument("--data", required=True, help="the corpus (file or directory)")
+    _add_board_choice(p)
+    p.add_argument("--trials", type=_positive, help="until the study has N finished trials (all workers together)")
+    p.add_argument("--time", help="for this long, e.g. 30m, 2h, 90s (with --trials: whichever comes first)")
+    p.add_argument("--objective", choices=["em", "em_heldout"], default="em",
+                   help="maximize exact match on the pairs trained on (em, default) or on the held-out ones")
+    p.add_argument("--heldout", type=float, default=0.1, help="share of the pairs held out (default 0.1)")
+    _add_reading_arguments(p, "keep")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every trial (the sampler's varies by worker)")
+    p.add_argument("--storage", help="Optuna storage URL: sqlite:///F.db (default: OUT_DIR/search.db), or a shared "
+                                     "database, e.g. postgresql://user@host/db, for workers on several machines")
+    p.add_argument("--study", help="the study's name (default: <corpus>-<board>)")
+    p.add_argument("--out-dir", help="where trials' models and the front go (default: build/search/<study>)")
+    p.add_argument("--front-max", type=_positive, default=6, help="build and time at most this many front models")
+    p.add_argument("--no-build", action="store_true", help="the front from the planner's figures, nothing built")
+    p.add_argument("--export-best", metavar="OUT", help="copy the best model of the front that fits to OUT.npz/.pt")
+    p.add_argument("--widths", type=_sizes, help="hidden widths a layer may take, e.g. 64,128,192")
+    p.add_argument("--depths", type=_sizes, help="numbers of hidden layers, e.g. 2,3")
+    p.add_argument("--formats", type=_formats, help=f"weight formats a layer may take ({formats.choices()})")
+    p.add_argument("--ratios", type=_ratios, help="pruning ratios, e.g. 0,0.3,0.5")
+    p.add_argument("--epochs", type=_sizes, help="LOW,HIGH epochs of training")
+    p.add_argument("--decodings", type=_decodings, help="free,replies")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("flash", help="write build/firmware.hex to a board through its bootloader, with avrdude")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyACM0")

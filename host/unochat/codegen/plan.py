@@ -161,19 +161,35 @@ def plan_for(model: IntModel, kernels: str = "fast", density: list[float] | None
     return c_plan(model) if kernels == "c" else plan_layers(model, density, board)
 
 
-def store_room(features: FeatureSpec, hidden: list[int], layer_formats: list[str], n_outputs: int,
-               board: Board = UNO) -> int:
-    """Flash a reply store may take beside a model of this shape on `board`: what the model's smallest fast
-    plan (the least unrolled, no zero thresholds) leaves, its tables sized at their widest (16-bit
-    multipliers, 32-bit biases), the store's decoder counted. The planner then gives the model the fastest
-    plan that fits beside the store (at least this one)."""
+def placeholder(features: FeatureSpec, hidden: list[int], layer_formats: list[str], n_outputs: int) -> IntModel:
+    """A model of this shape whose tables are sized at their widest (16-bit multipliers, 32-bit biases), its
+    weights all nonzero: what a trained model of the shape takes at most, before it is trained."""
     sizes = [features.n_inputs, *hidden, n_outputs]
     layers = [IntLayer(fmt, np.full((n_out, n_in), formats.get(fmt).hi, dtype=np.int8),
                        np.arange(1, n_out + 1, dtype=np.int64), np.full(n_out, 2**20, dtype=np.int64), 30,
                        None if i == len(layer_formats) - 1 else "u8")
               for i, (fmt, n_in, n_out) in enumerate(zip(layer_formats, sizes, sizes[1:]))]
     charset = "".join(chr(ord(" ") + k) for k in range(n_outputs - 1)) + "\x00"  # only its size matters
-    placeholder = IntModel(layers, charset, features, name="placeholder")
-    fastest = plan_layers(placeholder, board=replace(board, flash_limit=2**31))
-    smallest = replace(fastest, unroll=UNROLLS[-1], skip_zeros=[False] * len(layers))
-    return board.model_flash - flash_bytes(placeholder, smallest) - STORE_CODE_FLASH
+    return IntModel(layers, charset, features, name="placeholder")
+
+
+def store_room(features: FeatureSpec, hidden: list[int], layer_formats: list[str], n_outputs: int,
+               board: Board = UNO) -> int:
+    """Flash a reply store may take beside a model of this shape on `board`: what the model's smallest fast
+    plan (the least unrolled, no zero thresholds) leaves, its tables sized at their widest (placeholder),
+    the store's decoder counted. The planner then gives the model the fastest plan that fits beside the
+    store (at least this one)."""
+    model = placeholder(features, hidden, layer_formats, n_outputs)
+    fastest = plan_layers(model, board=replace(board, flash_limit=2**31))
+    smallest = replace(fastest, unroll=UNROLLS[-1], skip_zeros=[False] * len(model.layers))
+    return board.model_flash - flash_bytes(model, smallest) - STORE_CODE_FLASH
+
+
+def step_cycles(model: IntModel, plan: Plan) -> float:
+    """The planner's cost model of the layers' sums for one generated character under `plan`: for ranking
+    plans and shapes only. Timings are measured on the device (measure/latency.py), never taken from here."""
+    inputs = [model.features.context_buckets if plan.cache else model.layers[0].n_in]
+    inputs += [layer.n_in for layer in model.layers[1:]]
+    density = plan.density or default_density(model)  # the C path's plan records none
+    return sum(layer_cycles(layer, kernel, density[i], inputs[i])
+               for i, (layer, kernel) in enumerate(zip(model.layers, plan.kernels)))

@@ -212,13 +212,14 @@ def measure_quality(path: Path, model: IntModel, data: str | Path | None, n_exam
 
 
 # ---- firmware ------------------------------------------------------------------------------------
-def build_sizes(model: IntModel, project: Path, board: Board = UNO) -> tuple[SizeReport | None, Path | None, str | None]:
+def build_sizes(model: IntModel, project: Path, board: Board = UNO,
+                quiet: bool = False) -> tuple[SizeReport | None, Path | None, str | None]:
     """(avr-size of the linked firmware, its ELF, why it does not fit or None). Sizes and ELF are None
     when no image could be linked (a layer too big for avr-gcc: build_firmware refuses it before compiling)."""
     elf = project / "build" / "firmware.elf"
     elf.unlink(missing_ok=True)  # the project is reused: never measure the previous model's image
     try:
-        return build_firmware(model, project, board=board), elf, None
+        return build_firmware(model, project, board=board, quiet=quiet), elf, None
     except BudgetError as e:
         return (e.report, elf, str(e)) if elf.is_file() else (None, None, str(e))
 
@@ -273,6 +274,7 @@ def bench(
     examples: int = 3,
     timeout: float = 20.0,
     board: Board = UNO,
+    quiet_builds: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[BenchRow]:
     """One BenchRow per model on `board`. `elf`: time this already built firmware (one model) instead of
@@ -291,7 +293,7 @@ def bench(
             if elf is not None:
                 sizes, run_elf, budget = elf_sizes(model, elf, board)
             elif build:
-                sizes, run_elf, budget = build_sizes(model, project, board)
+                sizes, run_elf, budget = build_sizes(model, project, board, quiet_builds)
             else:
                 sizes, run_elf, budget = None, None, None
             _add_sizes(row, sizes, budget)

@@ -22,10 +22,11 @@ def steps_with_network(timed: TimedReply, model: IntModel) -> int:
 
 def uart_cycles_per_char(client: UnoClient, replies: list[str]) -> float:
     """Cycles the firmware spends per character writing replies to the UART as a chat does (`!u`): `!t`
-    times the model alone. `!u` takes a line of at most MAX_QUERY characters, so longer replies go in
-    pieces. 0.0 if no reply has a character."""
+    times the model alone. `!u` takes a line as the line editor keeps it (at most MAX_QUERY characters, a run
+    of spaces folded to one), so longer replies go in pieces and runs of spaces are folded first. 0.0 if no
+    reply has a character."""
     pieces = [piece for r in replies for start in range(0, len(r), MAX_QUERY)
-              if (piece := r[start:start + MAX_QUERY].strip())]
+              if (piece := " ".join(r[start:start + MAX_QUERY].split()))]
     chars = sum(len(p) for p in pieces)
     return sum(client.uart_cycles(p) for p in pieces) / chars if chars else 0.0
 
