@@ -70,7 +70,7 @@ CHATTERBOT_RECIPE := --hidden 128,96 --bits 1 --epochs 300 --context-buckets 64 
 # minutes on 2 cores, README "Results"); later runs only build, measure and time.
 bench: setup $(UNOSIM) $(CHATTERBOT_MODEL) $(Z80AI_STOCK)
 ifdef TINYCHAT_PIPELINE
-	$(PIPELINE) --variants baseline,pruned,binary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build --case upper
+	$(PIPELINE) --variants baseline,pruned,binary,ternary,best --data $(TINYCHAT) --out-dir $(TINYCHAT_PIPELINE) --no-build --case upper
 endif
 	$(UNOCHAT) bench $(MODEL) $(TINYCHAT_PIPELINE) $(Z80AI_STOCK) $(wildcard $(CHATTERBOT_MODEL)) --json build/bench.json --plot build/bench.png
 ifdef TINYCHAT_PIPELINE
@@ -93,8 +93,14 @@ $(CHATTERBOT_MODEL):
 # figures), exported to models/default.pt + .npz and models/heldout/ (about 8 minutes). Only `best`: on
 # tinychat it is the variant that fits with the highest EM, and the whole pipeline on this data (4x
 # tinychat's training examples) would take several times tinychat's 16 minutes.
+# SEARCH=30m (or 2h, or 90s): the best model a search of that long finds for $(BOARD) instead (README
+# "Finding the best model"); a study of the same data and board resumes where the last one stopped.
 model: setup
+ifdef SEARCH
+	$(UNOCHAT) search --data $(DATA) --board $(BOARD) --time $(SEARCH) --export-best models/default
+else
 	$(PIPELINE) --variants best --data $(DATA) --out-dir build/pipeline/default --export-best models/default.pt
+endif
 
 flash: firmware
 	$(UNOCHAT) flash --port $(PORT) --board $(BOARD)

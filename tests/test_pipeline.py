@@ -29,7 +29,7 @@ from test_qat import write_dataset
 
 SPEC = FeatureSpec()
 TINY_RECIPE = ["--hidden", "24,16", "--epochs", "2", "--prune-epochs", "1", "--binary-epochs", "1",
-               "--binary-restarts", "0", "--best-hidden", "16,8", "--best-epochs", "1", "--batch-size", "64",
+               "--binary-restarts", "0", "--ternary-epochs", "1", "--ternary-restarts", "0", "--best-hidden", "16,8", "--best-epochs", "1", "--batch-size", "64",
                "--no-build"]
 
 
@@ -146,11 +146,11 @@ def test_warm_restarts_leave_the_best_state_of_all_cycles(data_path, tmp_path):
 
 def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, capsys):
     out = tmp_path / "pipe"
-    argv = ["pipeline", "--data", str(data_path), "--out-dir", str(out), "--variants", "binary,best",
+    argv = ["pipeline", "--data", str(data_path), "--out-dir", str(out), "--variants", "binary,ternary,best",
             "--heldout", "0.2", *TINY_RECIPE]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    variants = ["baseline", "pruned", "binary", "best"]
+    variants = ["baseline", "pruned", "binary", "ternary", "best"]
     manifest = json.loads((out / "pipeline.json").read_text())
     assert [v["name"] for v in manifest["variants"]] == variants
     for folder, heldout in ((out, 0.0), (out / "heldout", 0.2)):
@@ -159,8 +159,11 @@ def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, 
         assert models["baseline"].shape[1:3] == [24, 16] and models["baseline"].formats == ["2bit"] * 3
         assert models["pruned"].shape[1:3] == [12, 8] and models["pruned"].formats == ["2bit"] * 3
         assert models["binary"].shape[1:3] == [12, 8] and models["binary"].formats == ["1bit"] * 3
+        assert models["ternary"].shape[1:3] == [12, 8] and models["ternary"].formats == ["ternary"] * 3
+        zeros = [float((layer.weight == 0).mean()) for layer in models["ternary"].layers]
+        assert all(z == pytest.approx(0.7, abs=0.1) for z in zeros), zeros  # the recipe's sparsity, per row
         assert models["best"].shape[1:3] == [16, 8]
-        assert models["binary"].meta["parent"] == str(folder / "pruned.pt")
+        assert models["binary"].meta["parent"] == models["ternary"].meta["parent"] == str(folder / "pruned.pt")
         assert all(m.meta["config"]["heldout"] == heldout for m in models.values())
     for v in variants:
         assert v in printed
@@ -205,7 +208,8 @@ def test_export_takes_the_best_fitting_variant_and_its_twin(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"criterion": "bogus"}, {"ratios": [1.5]}, {"ratios": [0.5, 0.5]},
-                                 {"binary_bits": "3"}, {"best_bits": "1,1"}, {"bits": "2,2,2,2,2"}])
+                                 {"binary_bits": "3"}, {"best_bits": "1,1"}, {"bits": "2,2,2,2,2"},
+                                 {"ternary_sparsity": 1.0}])
 def test_recipe_settings_are_checked_before_anything_trains(bad):
     with pytest.raises(ValueError):
         Recipe(hidden=[16, 8, 4], **bad)

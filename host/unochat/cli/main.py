@@ -331,7 +331,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         recipe = Recipe(
             hidden=args.hidden, bits=args.bits, epochs=args.epochs, ratios=args.ratios or [args.ratio],
             criterion=args.criterion, prune=tune(args.prune_epochs), binary_bits=args.binary_bits,
-            binary=tune(args.binary_epochs, args.binary_restarts), best_hidden=args.best_hidden,
+            binary=tune(args.binary_epochs, args.binary_restarts), ternary_sparsity=args.ternary_sparsity,
+            ternary=tune(args.ternary_epochs, args.ternary_restarts), best_hidden=args.best_hidden,
             best_bits=args.best_bits, best_epochs=args.best_epochs, lr=args.lr, batch_size=args.batch_size,
             seed=args.seed, case=args.case, transliterate=args.transliterate,
         )
@@ -642,11 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fine_tune_arguments(p)
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("pipeline", help="baseline -> pruned -> binary (and best): train, compress, summarize")
+    p = sub.add_parser("pipeline", help="baseline -> pruned -> binary (and ternary, best): train, compress, summarize")
     p.add_argument("--data", default=str(DEFAULT_DATA), help=CORPUS_HELP)
     p.add_argument("--out-dir", default=str(REPO / "models" / "pipeline"), help="where the variants go")
     p.add_argument("--variants", type=_variants, default=["baseline", "pruned", "binary"],
-                   help="which of baseline,pruned,binary,best to make (and what they start from)")
+                   help="which of baseline,pruned,binary,ternary,best to make (and what they start from)")
     p.add_argument("--hidden", type=_sizes, default=RECIPE.hidden, help="baseline hidden layer sizes")
     p.add_argument("--bits", default=RECIPE.bits, help="baseline (and pruned) weight format; per layer: 1,1,2,8")
     p.add_argument("--epochs", type=_positive, default=RECIPE.epochs, help="baseline training epochs")
@@ -659,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binary-epochs", type=_positive, default=RECIPE.binary.epochs,
                    help="fine-tuning epochs after binarizing")
     _add_restarts_argument(p, "--binary-restarts", RECIPE.binary.restarts)
+    p.add_argument("--ternary-sparsity", type=float, default=RECIPE.ternary_sparsity,
+                   help="the ternary variant's share of zero weights in each row")
+    p.add_argument("--ternary-epochs", type=_positive, default=RECIPE.ternary.epochs,
+                   help="fine-tuning epochs after making the pruned model ternary")
+    _add_restarts_argument(p, "--ternary-restarts", RECIPE.ternary.restarts)
     p.add_argument("--best-hidden", type=_sizes, default=RECIPE.best_hidden, help="the best variant's hidden sizes")
     p.add_argument("--best-bits", default=RECIPE.best_bits, help="the best variant's weight format")
     p.add_argument("--best-epochs", type=_positive, default=RECIPE.best_epochs, help="the best variant's training epochs")

@@ -334,7 +334,7 @@ def _progress(search: Search, trials: int | None, seconds: float | None, started
     def after(study, t) -> None:  # noqa: ANN001
         done = finished(study)
         s = t.user_attrs.get("settings", {})
-        shape = "-".join(map(str, t.user_attrs.get("shape") or final_hidden(s) if s else []))
+        hidden = "-".join(map(str, final_hidden(s))) if s else "?"  # after pruning: what is (or would be) trained
         if t.state.name == "PRUNED":
             what = "pruned (trailing)"
         elif t.user_attrs.get("flash_over", 0) > 0:
@@ -353,7 +353,7 @@ def _progress(search: Search, trials: int | None, seconds: float | None, started
             left.append(f"{done}/{trials} trials")
         if seconds:
             left.append(f"{_clock(seconds - (time.monotonic() - started))} left")
-        log(f"trial {t.number} {shape} {','.join(s.get('formats', []))} ratio {s.get('ratio')} "
+        log(f"trial {t.number} hidden {hidden} {','.join(s.get('formats', []))} ratio {s.get('ratio')} "
             f"{s.get('decoding')}: {what} | {best} | {', '.join(left)}")
     return after
 

@@ -140,6 +140,8 @@ class Recipe:
     prune: FineTune = field(default_factory=lambda: FineTune(epochs=30, focus=PairFocus()))
     binary_bits: str = "1"
     binary: FineTune = field(default_factory=lambda: FineTune(epochs=400, focus=PairFocus(), restarts=3))
+    ternary_sparsity: float = DEFAULT_SPARSITY
+    ternary: FineTune = field(default_factory=lambda: FineTune(epochs=400, focus=PairFocus(), restarts=3))
     best_hidden: list[int] = field(default_factory=lambda: [160, 128, 96])
     best_bits: str = "2"
     best_epochs: int = 100
@@ -160,6 +162,8 @@ class Recipe:
         formats.parse_formats(self.bits, len(self.hidden) + 1)
         formats.parse_formats(self.binary_bits, len(self.hidden) + 1)
         formats.parse_formats(self.best_bits, len(self.best_hidden) + 1)
+        if not 0.0 <= self.ternary_sparsity < 1.0:
+            raise ValueError(f"the ternary sparsity is the share of zero weights in [0, 1), got {self.ternary_sparsity}")
 
     def settings(self, variant: str) -> dict:
         """Everything that decides `variant` besides its parent and the data: its part of the resume key."""
@@ -170,6 +174,7 @@ class Recipe:
             "best": lambda: {"hidden": self.best_hidden, "bits": self.best_bits, "epochs": self.best_epochs, **common},
             "pruned": lambda: {"ratios": self.ratios, "criterion": self.criterion, "tune": asdict(self.prune)},
             "binary": lambda: {"bits": self.binary_bits, "tune": asdict(self.binary)},
+            "ternary": lambda: {"sparsity": self.ternary_sparsity, "tune": asdict(self.ternary)},
         }[variant]()
 
 

@@ -4,6 +4,7 @@
     baseline  QAT from scratch (default 256-192-128 at 2 bits, the original's baseline shape)
     pruned    baseline with half of every hidden layer's neurons removed, fine-tuned at its bits
     binary    pruned at 1 bit per weight, fine-tuned (its latent weights carried over), with warm restarts
+    ternary   pruned at ternary weights ({-1, 0, +1}, 70% of each row 0), fine-tuned the same way
     best      the best model known to fit the UNO, trained from scratch (160-128-96 at 2 bits)
 and writes OUT_DIR/<variant>.pt + .npz and OUT_DIR/pipeline.json (the variants in order, for
 `unochat bench OUT_DIR`). With `heldout` > 0 every variant is made a second time, by the same recipe, on the
@@ -31,8 +32,8 @@ from .config import Recipe, TrainConfig
 from .finetune import prune_checkpoint, quantize_checkpoint
 from .scratch import train
 
-VARIANTS = ("baseline", "pruned", "binary", "best")
-PARENT = {"pruned": "baseline", "binary": "pruned"}
+VARIANTS = ("baseline", "pruned", "binary", "ternary", "best")
+PARENT = {"pruned": "baseline", "binary": "pruned", "ternary": "pruned"}
 HELDOUT_DIR = "heldout"  # a model's held-out twin lives in this folder beside it
 MANIFEST = "pipeline.json"  # a pipeline directory's list of variants, in order
 
@@ -78,7 +79,8 @@ def made_by(path: Path, key: str) -> dict | None:
 
 def make_variant(variant: str, recipe: Recipe, data: str | Path, out: Path, parent: Path | None, heldout: float,
                  meta: dict, progress: bool = True) -> TrainResult:
-    """One stage: train baseline/best from scratch, prune the baseline, or binarize the pruned model."""
+    """One stage: train baseline/best from scratch, prune the baseline, or requantize the pruned model
+    (binary, ternary)."""
     if variant in ("baseline", "best"):
         s = recipe.settings(variant)
         config = TrainConfig(hidden=s["hidden"], formats=formats.parse_formats(s["bits"], len(s["hidden"]) + 1),
@@ -88,6 +90,9 @@ def make_variant(variant: str, recipe: Recipe, data: str | Path, out: Path, pare
     if variant == "pruned":
         return prune_checkpoint(parent, out, recipe.ratios, recipe.prune, criterion=recipe.criterion,
                                 data_path=data, meta=meta, progress=progress)
+    if variant == "ternary":
+        return quantize_checkpoint(parent, out, ["ternary"], recipe.ternary, sparsity=recipe.ternary_sparsity,
+                                   data_path=data, meta=meta, progress=progress)
     binary = formats.parse_formats(recipe.binary_bits, len(recipe.hidden) + 1)
     return quantize_checkpoint(parent, out, binary, recipe.binary, data_path=data, meta=meta, progress=progress)
 
