@@ -180,6 +180,9 @@ def run_trial(trial, search: Search, n_outputs: int) -> float:  # noqa: ANN001 (
     settings = sample(trial, search.space)
     trial.set_user_attr("settings", settings)
     same = _same_settings(trial)
+    if same is not None and same.state.name == "PRUNED":  # the same training would trail again
+        trial.set_user_attr("same_as", same.number)
+        raise optuna.TrialPruned(f"the settings of trial {same.number}, which was pruned")
     if same is not None:  # another worker (or an earlier run) trains or trained exactly this: take its result
         for key, value in same.user_attrs.items():
             trial.set_user_attr(key, value)
@@ -231,14 +234,15 @@ def _flash_over(trial, over: int) -> None:  # noqa: ANN001
 
 
 def _same_settings(trial):  # noqa: ANN001, ANN202 (optuna trials)
-    """An earlier trial of the study with the same settings, waited for if it is still running; else None."""
+    """An earlier trial of the study with the same settings (completed or pruned), waited for if it is still
+    running; else None."""
     import optuna
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     while True:
         twins = [t for t in trial.study.get_trials(deepcopy=False, states=states)
                  if t.number != trial.number and t.params == trial.params]
-        done = [t for t in twins if t.state == optuna.trial.TrialState.COMPLETE]
+        done = [t for t in twins if t.state != optuna.trial.TrialState.RUNNING]
         if done or not twins:
             return done[0] if done else None
         time.sleep(2.0)
@@ -336,7 +340,8 @@ def _progress(search: Search, trials: int | None, seconds: float | None, started
         s = t.user_attrs.get("settings", {})
         hidden = "-".join(map(str, final_hidden(s))) if s else "?"  # after pruning: what is (or would be) trained
         if t.state.name == "PRUNED":
-            what = "pruned (trailing)"
+            what = (f"pruned (as trial {t.user_attrs['same_as']}, the same settings)" if "same_as" in t.user_attrs
+                    else "pruned (trailing)")
         elif t.user_attrs.get("flash_over", 0) > 0:
             what = f"does not fit: {t.user_attrs.get('planned_flash', 0):,} B planned"
         elif t.value is not None:
