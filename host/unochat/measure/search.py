@@ -250,8 +250,9 @@ def _same_settings(trial):  # noqa: ANN001, ANN202 (optuna trials)
 
 # ---- the study ----------------------------------------------------------------------------------------
 def _storage(url: str, attempts: int = 20):  # noqa: ANN202 (optuna.storages.RDBStorage)
-    """Optuna's RDB storage at `url`. Workers started together race to create its tables; SQLite then
-    answers one of them "table already exists" or "database is locked", so a worker tries again."""
+    """Optuna's RDB storage at `url`. Workers started together race to create its tables and stamp their
+    version; the database then answers one of them "table already exists", "database is locked" or a
+    duplicate version row, so a worker tries again (the tables are there by then)."""
     import optuna
     import sqlalchemy.exc
 
@@ -264,7 +265,7 @@ def _storage(url: str, attempts: int = 20):  # noqa: ANN202 (optuna.storages.RDB
     for attempt in range(attempts - 1):
         try:
             return connect()
-        except sqlalchemy.exc.OperationalError:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             time.sleep(0.2 + 0.1 * attempt)
     return connect()
 
