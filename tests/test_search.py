@@ -89,3 +89,13 @@ def test_pareto_and_times() -> None:
         s.parse_time("soon")
     with pytest.raises(ValueError, match="held-out split"):
         s.Search(data=DEFAULT_DATA, objective="em_heldout", heldout=0.0)
+
+
+def test_a_trial_over_its_time_is_stopped(corpus: Path, tmp_path: Path) -> None:
+    """A slow draw must not eat a timed search: training stops once the trial's time is up."""
+    search = s.Search(data=corpus, out_dir=tmp_path, trial_seconds=1e-3,
+                      space=s.SearchSpace(widths=(16,), depths=(1,), formats=("1bit",), ratios=(0.0,), epochs=(3, 3)))
+    lines: list[str] = []
+    trial = s.optimize(search, trials=1, log=lines.append).trials[0]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["stopped"].startswith("out of time at epoch ")
+    assert "stopped: out of time at epoch" in lines[-1]

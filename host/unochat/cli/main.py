@@ -444,7 +444,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         space = s.SearchSpace(**{k: tuple(v) for k, v in chosen.items() if v is not None})
         search = s.Search(data=Path(args.data), board=get_board(args.board), objective=args.objective,
                           heldout=args.heldout, case=args.case, transliterate=args.transliterate, seed=args.seed,
-                          space=space, study=args.study, out_dir=args.out_dir, storage=args.storage)
+                          space=space, study=args.study, out_dir=args.out_dir, storage=args.storage,
+                          trial_seconds=s.parse_time(args.trial_time) if args.trial_time else None)
         if args.trials is None and seconds is None:
             raise ValueError("say how long to search: --trials N, --time T, or both")
     try:
@@ -718,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_board_choice(p)
     p.add_argument("--trials", type=_positive, help="until the study has N finished trials (all workers together)")
     p.add_argument("--time", help="for this long, e.g. 30m, 2h, 90s (with --trials: whichever comes first)")
+    p.add_argument("--trial-time", help="stop a trial still training after this long (default: a tenth of --time)")
     p.add_argument("--objective", choices=["em", "em_heldout"], default="em",
                    help="maximize exact match on the pairs trained on (em, default) or on the held-out ones")
     p.add_argument("--heldout", type=float, default=0.1, help="share of the pairs held out (default 0.1)")

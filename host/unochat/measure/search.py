@@ -94,6 +94,9 @@ class Search:
     study: str | None = None  # default: <corpus>-<board>
     out_dir: Path | None = None  # default: build/search/<study>
     storage: str | None = None  # default: sqlite:///<out_dir>/search.db
+    # a trial still training after this long is stopped (pruned): one slow draw must not eat a timed
+    # search; default, with a time to search for: a tenth of it
+    trial_seconds: float | None = None
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -173,10 +176,14 @@ def score(search: Search, model: IntModel) -> dict:
     return {"em": exact_match(model, trained_on), "em_heldout": exact_match(model, held) if held else None}
 
 
-def run_trial(trial, search: Search, n_outputs: int) -> float:  # noqa: ANN001 (optuna.Trial)
+def run_trial(trial, search: Search, n_outputs: int, deadline: float | None = None,  # noqa: ANN001
+              trial_seconds: float | None = None) -> float:
+    """One trial (an optuna.Trial): sample, size, train, score. Training stops (the trial is pruned) at
+    `deadline` (time.monotonic(): the search's end) or after `trial_seconds`, whichever comes first."""
     import optuna
 
     start = time.perf_counter()
+    ends = [t for t in (deadline, time.monotonic() + trial_seconds if trial_seconds else None) if t is not None]
     settings = sample(trial, search.space)
     trial.set_user_attr("settings", settings)
     same = _same_settings(trial)
@@ -201,6 +208,9 @@ def run_trial(trial, search: Search, n_outputs: int) -> float:  # noqa: ANN001 (
 
     def report(epoch: int, tf: float) -> None:
         trial.report(tf, epoch)
+        if ends and time.monotonic() > min(ends):
+            trial.set_user_attr("stopped", f"out of time at epoch {epoch}")
+            raise optuna.TrialPruned(f"out of time at epoch {epoch}")
         if trial.should_prune():
             raise optuna.TrialPruned(f"integer TF {tf:.4f} at epoch {epoch} trails the other trials")
 
@@ -310,6 +320,7 @@ def optimize(search: Search, trials: int | None = None, seconds: float | None = 
                                    "case": search.case, "transliterate": search.transliterate,
                                    "space": asdict(search.space)})
     started = time.monotonic()
+    trial_seconds = search.trial_seconds or (seconds / 10 if seconds else None)
     already = finished(study)
     log(f"search {search.study}: {already} trials already in {search.storage}; "
         + (f"until {trials} trials" if trials else "") + (" or " if trials and seconds else "")
@@ -321,7 +332,8 @@ def optimize(search: Search, trials: int | None = None, seconds: float | None = 
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=tuple(
             getattr(optuna.trial.TrialState, s) for s in FINISHED)))
     try:
-        study.optimize(lambda t: run_trial(t, search, n_outputs), timeout=seconds, callbacks=callbacks,
+        deadline = started + seconds if seconds else None
+        study.optimize(lambda t: run_trial(t, search, n_outputs, deadline, trial_seconds), timeout=seconds, callbacks=callbacks,
                        gc_after_trial=True)
     except KeyboardInterrupt:
         log(f"stopped: {finished(study)} trials are kept in {search.storage}; the same command resumes the study")
@@ -342,7 +354,7 @@ def _progress(search: Search, trials: int | None, seconds: float | None, started
         hidden = "-".join(map(str, final_hidden(s))) if s else "?"  # after pruning: what is (or would be) trained
         if t.state.name == "PRUNED":
             what = (f"pruned (as trial {t.user_attrs['same_as']}, the same settings)" if "same_as" in t.user_attrs
-                    else "pruned (trailing)")
+                    else f"stopped: {t.user_attrs['stopped']}" if "stopped" in t.user_attrs else "pruned (trailing)")
         elif t.user_attrs.get("flash_over", 0) > 0:
             what = f"does not fit: {t.user_attrs.get('planned_flash', 0):,} B planned"
         elif t.value is not None:
