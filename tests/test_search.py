@@ -35,6 +35,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_small_search_ends_with_a_measured_front_and_the_best_model(corpus: Path, tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"
+    stale = tmp_path / "heldout" / "best.npz"  # a pipeline export's twin: not this model's
+    stale.parent.mkdir()
+    stale.write_bytes(b"the model replaced")
     assert cli.main(["search", "--data", str(corpus), "--trials", "3", *TINY, "--out-dir", str(out),
                      "--front-max", "2", "--export-best", str(tmp_path / "best")]) == 0
     printed = capsys.readouterr().out
@@ -45,7 +48,8 @@ def test_a_small_search_ends_with_a_measured_front_and_the_best_model(corpus: Pa
                                    for f in report["front"])
     best = max(report["front"], key=lambda f: f["em"])
     exported = IntModel.load(tmp_path / "best.npz")
-    assert exported.fingerprint() == IntModel.load(best["model"]).fingerprint()
+    assert exported.fingerprint() == IntModel.load(best["model"]).fingerprint() and exported.name == "best"
+    assert not stale.exists() and f"removed {stale}" in printed
     assert (tmp_path / "best.pt").is_file() and (out / "front.png").stat().st_size > 1000
     # resumed: the study already has its 3 trials, so nothing more is trained
     assert cli.main(["search", "--data", str(corpus), "--trials", "3", *TINY, "--out-dir", str(out), "--no-build"]) == 0

@@ -461,8 +461,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         best = s.best_row(search, front)
         if best is None:
             raise ModelError("no model of the front fits the board: search longer, or give it more room")
-        for path in s.export_best(best, Path(args.export_best)):
-            print(f"wrote {path} (trial {best.trial})")
+        print("\n".join(s.export_best(best, Path(args.export_best))))
     return 0
 
 

@@ -46,6 +46,7 @@ from ..model.intmodel import IntModel
 from ..model.metrics import exact_match
 from ..train.config import DECODINGS, FineTune, PairFocus, TrainConfig
 from ..train.finetune import prune_checkpoint
+from ..train.pipeline import HELDOUT_DIR
 from ..train.prune import kept_count
 from ..train.scratch import train
 from . import bench
@@ -434,17 +435,26 @@ def best_row(search: Search, front: list[FrontRow]) -> FrontRow | None:
     return max(fitting, key=lambda f: (f.em_heldout or 0.0) if search.objective == "em_heldout" else f.em)
 
 
-def export_best(row: FrontRow, out: Path) -> list[Path]:
-    """Copy the model (.npz, and its training checkpoint .pt) to OUT.npz / OUT.pt."""
+def export_best(row: FrontRow, out: Path) -> list[str]:
+    """Copy the model to OUT.npz (named OUT's stem: the firmware reports it) and its training checkpoint to
+    OUT.pt. A held-out twin beside OUT (heldout/OUT.*, from `unochat pipeline --export-best`) belonged to
+    the model this one replaces, and the benchmark would take its figures for this one's: it is removed
+    (a search's model was itself trained without the held-out pairs). What was done, one line each."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix in (".npz", ".pt"):
-        src = Path(row.model).with_suffix(suffix)
-        if src.is_file():
-            shutil.copy(src, out.with_suffix(suffix))
-            written.append(out.with_suffix(suffix))
-    return written
+    model = IntModel.load(Path(row.model).with_suffix(".npz"))
+    model.name = out.stem
+    model.save(out.with_suffix(".npz"))
+    done = [f"wrote {out.with_suffix('.npz')} (trial {row.trial})"]
+    checkpoint = Path(row.model).with_suffix(".pt")
+    if checkpoint.is_file():
+        shutil.copy(checkpoint, out.with_suffix(".pt"))
+        done.append(f"wrote {out.with_suffix('.pt')}")
+    for stale in (out.parent / HELDOUT_DIR / out.with_suffix(suffix).name for suffix in (".npz", ".pt")):
+        if stale.is_file():
+            stale.unlink()
+            done.append(f"removed {stale}: the held-out twin of the model replaced")
+    return done
 
 
 # ---- output -----------------------------------------------------------------------------------------------
