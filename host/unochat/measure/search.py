@@ -207,21 +207,26 @@ def run_trial(trial, search: Search, n_outputs: int, deadline: float | None = No
                          transliterate=search.transliterate, decoding=settings["decoding"], store_bytes=store,
                          seed=search.seed)
 
-    def report(epoch: int, tf: float) -> None:
-        trial.report(tf, epoch)
+    def overdue(epoch: int) -> None:
         if ends and time.monotonic() > min(ends):
             trial.set_user_attr("stopped", f"out of time at epoch {epoch}")
             raise optuna.TrialPruned(f"out of time at epoch {epoch}")
-        if trial.should_prune():
+
+    def report(epoch: int, tf: float | None) -> None:
+        if tf is not None:
+            trial.report(tf, epoch)
+        overdue(epoch)
+        if tf is not None and trial.should_prune():
             raise optuna.TrialPruned(f"integer TF {tf:.4f} at epoch {epoch} trails the other trials")
 
     out = search.out_dir / f"trial-{trial.number}.pt"
     with contextlib.redirect_stdout(io.StringIO()):  # the dataset's summary, once per trial: said once at the start
-        train(search.data, config, out, progress=False, on_eval=report)
+        train(search.data, config, out, progress=False, on_epoch=report)
         if settings["ratio"] > 0:
             pruned = out.with_name(f"trial-{trial.number}-pruned.pt")
             prune_checkpoint(out, pruned, [settings["ratio"]], FineTune(epochs=search.space.prune_epochs,
-                             focus=PairFocus(), seed=search.seed), data_path=search.data, progress=False)
+                             focus=PairFocus(), seed=search.seed), data_path=search.data, progress=False,
+                             on_epoch=lambda epoch, _: overdue(settings["epochs"] + epoch))
             out = pruned
     model = IntModel.load(out.with_suffix(".npz"))
     plan = plan_for(model, board=search.board)

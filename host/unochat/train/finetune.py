@@ -83,9 +83,11 @@ def derive(
     data_path: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> TrainResult:
     """Load a checkpoint, `change(model, x)` it (x: the training inputs), fine-tune it on the parent's
-    training pairs, write out.pt + out.npz. `data_path` defaults to the dataset the parent was trained on."""
+    training pairs, write out.pt + out.npz. `data_path` defaults to the dataset the parent was trained on.
+    `on_epoch`: fit's, for every cycle."""
     start = time.perf_counter()
     if Path(parent_path).suffix != ".pt":
         raise ValueError(f"{parent_path}: fine-tuning needs a training checkpoint (.pt): an integer model has "
@@ -99,7 +101,7 @@ def derive(
     model = change(ck.model, examples.x)
     config = replace(tune.config(ck.config, [block.linear.weight.shape[0] for block in model.hidden],
                                  [layer.fmt for layer in model.linears]), sparsity=model.sparsity)
-    hooks = {}
+    hooks = {"on_epoch": on_epoch}
     if tune.focus is not None:
         hooks = {"weights": focus_weights(tune.focus, examples),
                  "score": lambda int_model: whole_pairs_right(int_model, examples)}
@@ -147,9 +149,10 @@ def prune_checkpoint(
     data_path: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> TrainResult:
     """`ratios[l]` of hidden layer l's neurons removed (the lowest `criterion` scores; one ratio: every
-    layer), then fine-tuned."""
+    layer), then fine-tuned (`on_epoch`: derive's)."""
 
     def change(model: QuantMLP, x: np.ndarray) -> QuantMLP:
         per_layer = ratios * len(model.hidden) if len(ratios) == 1 else ratios
@@ -158,7 +161,8 @@ def prune_checkpoint(
         return pruned
 
     info = {"source": "unochat prune", "prune": {"ratios": ratios, "criterion": criterion}, **(meta or {})}
-    return derive(parent_path, out_path, change, tune, data_path=data_path, meta=info, progress=progress)
+    return derive(parent_path, out_path, change, tune, data_path=data_path, meta=info, progress=progress,
+                  on_epoch=on_epoch)
 
 
 def quantize_checkpoint(

@@ -90,7 +90,7 @@ def fit(
     weights: Callable[[QuantMLP], torch.Tensor] | None = None,
     score: Callable[[IntModel], float] | None = None,
     allowed: np.ndarray | None = None,
-    on_eval: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> FitResult:
     """Train `model` in place; on return it holds the state with the best integer score on `train_xy`.
 
@@ -100,8 +100,9 @@ def fit(
     what the history's "tf" and best_score then hold).
     `allowed` (bool [N, symbols]), if given, limits each example to the symbols reply-constrained decoding
     may choose there: the loss is the cross-entropy among them, and the integer accuracy too.
-    `on_eval(epoch, score)`, if given, hears every integer evaluation; an exception it raises (a search
-    pruning a hopeless trial) ends the fit."""
+    `on_epoch(epoch, score)`, if given, hears the end of every epoch, with its integer score where it was
+    evaluated (else None); an exception it raises (a search pruning a hopeless or overdue trial) ends the
+    fit."""
     use_available_threads()
     start = time.perf_counter()
     x_int, y_int = np.asarray(train_xy[0]), np.asarray(train_xy[1])
@@ -152,8 +153,8 @@ def fit(
             if record["tf"] > best_score:
                 best_score, best_epoch, best_state = record["tf"], epoch, copy.deepcopy(model.state_dict())
             stopped_early = config.patience is not None and epoch - best_epoch >= config.patience
-            if on_eval is not None:
-                on_eval(epoch, record["tf"])
+        if on_epoch is not None:
+            on_epoch(epoch, record["tf"])
         history.append(record)
         best = f"{best_score:.4f} (ep {best_epoch})" if best_state is not None else "-"
         bar.set_postfix_str(f"loss {record['loss']:.4f}, best int TF {best}")

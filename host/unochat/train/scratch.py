@@ -14,12 +14,12 @@ from .trainset import load_training_data, training_examples, training_pairs, wit
 
 def train(
     data_path: str | Path, config: TrainConfig, out_path: str | Path, *, progress: bool = True, meta: dict | None = None,
-    store_room: Callable[[int], int] | None = None, on_eval: Callable[[int, float], None] | None = None,
+    store_room: Callable[[int], int] | None = None, on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> TrainResult:
     """Train from scratch; `meta` adds to the integer model's meta (save_trained). `store_room(symbols)`,
     for reply-constrained decoding without a store budget, gives the budget for a charset of that many
     symbols (codegen.plan.store_room: what the board leaves beside the model); the config records it.
-    `on_eval(epoch, score)`: fit's, to follow the integer score as training goes."""
+    `on_epoch(epoch, score)`: fit's, to follow training epoch by epoch."""
     start = time.perf_counter()
     check_checkpoint_path(out_path)
     data = load_training_data(data_path, config)
@@ -31,7 +31,7 @@ def train(
     print(f"{len(examples.y):,} training examples{where}")
     model = new_model(config, len(data.charset))
     fitted = fit(model, (examples.x, examples.y), config, data.charset, config.features, progress=progress,
-                 allowed=examples.allowed, on_eval=on_eval)
+                 allowed=examples.allowed, on_epoch=on_epoch)
     return save_trained(model, fitted, config, data, data_path, out_path, start, meta=meta)
 
 
