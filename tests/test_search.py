@@ -18,7 +18,7 @@ from unochat.model.intmodel import IntModel
 from unochat.paths import DEFAULT_DATA
 
 optuna = pytest.importorskip("optuna")
-TINY = ["--widths", "16,24", "--depths", "1", "--epochs", "3,6", "--formats", "1bit,2bit"]
+TINY = ["--widths", "16,24", "--depths", "1", "--epochs", "3,6", "--formats", "1bit,2bit", "--context-buckets", "32,64"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def test_a_small_search_ends_with_a_measured_front_and_the_best_model(corpus: Pa
     assert exported.fingerprint() == IntModel.load(best["model"]).fingerprint() and exported.name == "best"
     assert not stale.exists() and f"removed {stale}" in printed
     assert (tmp_path / "best.pt").is_file() and (out / "front.png").stat().st_size > 1000
+    assert exported.features.context_buckets == best["settings"]["context_buckets"] in (32, 64)
     # resumed: the study already has its 3 trials, so nothing more is trained
     assert cli.main(["search", "--data", str(corpus), "--trials", "3", *TINY, "--out-dir", str(out), "--no-build"]) == 0
     assert "3 trials already in" in capsys.readouterr().out

@@ -440,7 +440,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _settings_errors():
         seconds = s.parse_time(args.time) if args.time else None
         chosen = {"widths": args.widths, "depths": args.depths, "formats": args.formats,
-                  "ratios": args.ratios, "epochs": args.epochs, "decodings": args.decodings}
+                  "ratios": args.ratios, "epochs": args.epochs, "decodings": args.decodings,
+                  "context_buckets": args.context_buckets}
         space = s.SearchSpace(**{k: tuple(v) for k, v in chosen.items() if v is not None})
         search = s.Search(data=Path(args.data), board=get_board(args.board), objective=args.objective,
                           heldout=args.heldout, case=args.case, transliterate=args.transliterate, seed=args.seed,
@@ -737,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=_ratios, help="pruning ratios, e.g. 0,0.3,0.5")
     p.add_argument("--epochs", type=_sizes, help="LOW,HIGH epochs of training")
     p.add_argument("--decodings", type=_decodings, help="free,replies")
+    p.add_argument("--context-buckets", type=_sizes, help="the features' context buckets a trial may take, e.g. 64,128")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("flash", help="write build/firmware.hex to a board through its bootloader, with avrdude")

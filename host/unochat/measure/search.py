@@ -63,10 +63,12 @@ class SearchSpace:
     depths: tuple[int, ...] = (2, 3)  # hidden layers
     formats: tuple[str, ...] = tuple(formats.FORMATS)
     ratios: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6)  # share of each hidden layer's neurons pruned
-    epochs: tuple[int, int] = (30, 150)  # in steps of 10
+    epochs: tuple[int, int] = (30, 300)  # in steps of 10
     lr: tuple[float, float] = (1e-3, 1e-2)  # log-uniform
     decodings: tuple[str, ...] = DECODINGS
     store_shares: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the flash the board leaves the store
+    # the features' context buckets: fewer make a smaller first layer, and leave a store more flash
+    context_buckets: tuple[int, ...] = (64, 128)
     prune_epochs: int = 30  # fine-tuning after pruning (the pipeline's)
 
     def __post_init__(self) -> None:
@@ -78,6 +80,10 @@ class SearchSpace:
             raise ValueError(f"bad epochs {self.epochs} or learning rates {self.lr}")
         if any(d not in DECODINGS for d in self.decodings) or any(not 0 <= r < 1 for r in self.ratios):
             raise ValueError(f"decodings are among {', '.join(DECODINGS)}; ratios in [0, 1)")
+        if not self.context_buckets:
+            raise ValueError("the search needs at least one number of context buckets")
+        for buckets in self.context_buckets:
+            FeatureSpec(context_buckets=buckets)
 
 
 @dataclass
@@ -142,6 +148,7 @@ def sample(trial, space: SearchSpace) -> dict:  # noqa: ANN001 (optuna.Trial)
         if space.epochs[1] - space.epochs[0] >= 10 else trial.suggest_int("epochs", *space.epochs),
         "lr": trial.suggest_float("lr", *space.lr, log=True),
         "decoding": trial.suggest_categorical("decoding", list(space.decodings)),
+        "context_buckets": trial.suggest_categorical("context_buckets", list(space.context_buckets)),
     }
     if settings["decoding"] == "replies":
         settings["store_share"] = trial.suggest_categorical("store_share", list(space.store_shares))
@@ -153,10 +160,15 @@ def final_hidden(settings: dict) -> list[int]:
     return [kept_count(w, settings["ratio"]) for w in settings["hidden"]]
 
 
+def features_of(settings: dict) -> FeatureSpec:
+    """The trial's features (a study made before they were searched: the default ones)."""
+    return FeatureSpec(context_buckets=settings.get("context_buckets", FeatureSpec().context_buckets))
+
+
 def planned_flash(search: Search, settings: dict, n_outputs: int) -> tuple[int, int | None]:
     """(the planner's flash for the trial's final shape, tables at their widest, its store included; the
     store's budget, None for free decoding). Over the board's model_flash: the shape cannot fit."""
-    features = FeatureSpec()
+    features = features_of(settings)
     hidden = final_hidden(settings)
     if settings["decoding"] != "replies":
         shape = placeholder(features, hidden, settings["formats"], n_outputs)
@@ -205,7 +217,7 @@ def run_trial(trial, search: Search, n_outputs: int, deadline: float | None = No
     config = TrainConfig(hidden=settings["hidden"], formats=settings["formats"], epochs=settings["epochs"],
                          lr=settings["lr"], heldout=search.heldout, case=search.case,
                          transliterate=search.transliterate, decoding=settings["decoding"], store_bytes=store,
-                         seed=search.seed)
+                         seed=search.seed, features=features_of(settings))
 
     def overdue(epoch: int) -> None:
         if ends and time.monotonic() > min(ends):
