@@ -351,10 +351,10 @@ def optimize(search: Search, trials: int | None = None, seconds: float | None = 
             return study
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=tuple(
             getattr(optuna.trial.TrialState, s) for s in FINISHED)))
+    deadline = started + seconds if seconds else None
     try:
-        deadline = started + seconds if seconds else None
-        study.optimize(lambda t: run_trial(t, search, n_outputs, deadline, trial_seconds), timeout=seconds, callbacks=callbacks,
-                       gc_after_trial=True)
+        study.optimize(lambda t: run_trial(t, search, n_outputs, deadline, trial_seconds), timeout=seconds,
+                       callbacks=callbacks, gc_after_trial=True)
     except KeyboardInterrupt:
         log(f"stopped: {finished(study)} trials are kept in {search.storage}; the same command resumes the study")
         raise
@@ -441,9 +441,13 @@ def measured_front(search: Search, candidates: list, build: bool = True, log: Ca
     if not build:
         return front
     fitting = [f for f in front if f.fits and f.ms_per_char is not None]
-    key = (lambda f: f.em_heldout or 0.0) if search.objective == "em_heldout" else (lambda f: f.em)
-    points = [(key(f), f.flash_bytes, f.ms_per_char) for f in fitting]
-    return sorted((fitting[i] for i in pareto(points)), key=lambda f: -key(f))
+    points = [(_objective(search, f), f.flash_bytes, f.ms_per_char) for f in fitting]
+    return sorted((fitting[i] for i in pareto(points)), key=lambda f: -_objective(search, f))
+
+
+def _objective(search: Search, row: FrontRow) -> float:
+    """A front row's score by the study's objective."""
+    return (row.em_heldout or 0.0) if search.objective == "em_heldout" else row.em
 
 
 def best_row(search: Search, front: list[FrontRow]) -> FrontRow | None:
@@ -451,7 +455,7 @@ def best_row(search: Search, front: list[FrontRow]) -> FrontRow | None:
     fitting = [f for f in front if f.fits]
     if not fitting:
         return None
-    return max(fitting, key=lambda f: (f.em_heldout or 0.0) if search.objective == "em_heldout" else f.em)
+    return max(fitting, key=lambda f: _objective(search, f))
 
 
 def export_best(row: FrontRow, out: Path) -> list[str]:
