@@ -65,7 +65,7 @@ def test_sparse_layout_only_where_avr_gcc_can_hold_its_tables() -> None:
     rng = np.random.default_rng(0)
     def loops(fmt: str, weight: np.ndarray) -> list[str]:
         layer = IntLayer(fmt, weight.astype(np.int8), np.ones(len(weight), np.int64), np.zeros(len(weight), np.int64), 0, "u8")
-        return [k.loop for k in c_kernels(layer)]
+        return [k.loop for k in c_kernels(layer, 255)]
     assert loops("2bit", rng.choice([-2, -1, 0, 1], size=(256, 256))) == ["c"]
     assert loops("2bit", rng.choice([-2, -1, 0, 1], p=[0.01, 0.2, 0.59, 0.2], size=(256, 256))) == ["c", "sparse"]
     assert loops("2bit", rng.choice([-2, -1, 0, 1], p=[0.01, 0.5, 0.01, 0.48], size=(64, 64))) == ["c"]  # no smaller

@@ -32,6 +32,7 @@ KERNEL_FRAME = 14  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
 COST_PER_CALL = 130.0
 COST_COMPACT = 10.0
 C_LOOPS = ("c", "sparse")
+SPARSE_SUM_LIMIT = 2**23  # the sparse kernel's 24-bit sums of a hidden layer
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ def layer_cycles(layer: IntLayer, kernel: LayerKernel, density: float, inputs: i
     """Estimated cycles of one layer's sums over `inputs` of its inputs (default all) at a fraction
     `density` of them nonzero; requantization is left out (the same for every kernel)."""
     inputs = layer.n_in if inputs is None else inputs
-    if kernel.loop == "sparse":
-        nonzero, zero = formats.SPARSE_CYCLES_PER_WEIGHT
-        return (density * nonzero + (1 - density) * zero) * inputs * layer.n_out
+    if kernel.loop == "sparse":  # a column per nonzero input, a step per zero one
+        per_weight, per_zero_input = formats.SPARSE_CYCLES
+        return inputs * (density * per_weight * layer.n_out + (1 - density) * per_zero_input)
     if kernel.loop == "c":
         return kernel.format.c_cycles_per_weight * inputs * layer.n_out
     nonzero, zero = formats.FAMILIES[kernel.format.family(kernel.acc_bits)].cost[kernel.loop]
@@ -114,10 +115,14 @@ def int8_acc_bits(model: IntModel, index: int) -> int:
     return 16 if int(model.acc_bounds(index).max()) < 2**15 else 24
 
 
-def c_kernels(layer: IntLayer) -> list[LayerKernel]:
+def c_kernels(layer: IntLayer, input_max: int) -> list[LayerKernel]:
     """The C kernels a layer can run on: row-major, and sparse where its format and size allow it and it
-    takes less flash (for z80ai-like weights, mostly 0; not for a random 2-bit layer's)."""
+    takes less flash (for z80ai-like weights, mostly 0; not for a random 2-bit layer's). The sparse kernel
+    keeps a hidden layer's sums in 24 bits (templates/layers_c.c.j2): only where every |acc| < 2^23 for
+    inputs up to `input_max`."""
+    bound = int(np.abs(layer.weight.astype(np.int64)).sum(axis=1).max(initial=0)) * input_max
     sparse = (formats.get(layer.fmt).sparse and formats.sparse_fits(layer.weight)
+              and (layer.act is None or bound < SPARSE_SUM_LIMIT)
               and formats.sparse_bytes(layer.weight) < formats.get(layer.fmt).row_bytes(layer.n_in) * layer.n_out)
     return [LayerKernel(layer.fmt, "c")] + ([LayerKernel(layer.fmt, "sparse")] if sparse else [])
 
@@ -125,7 +130,7 @@ def c_kernels(layer: IntLayer) -> list[LayerKernel]:
 def candidate_kernels(model: IntModel, index: int) -> list[LayerKernel]:
     layer = model.layers[index]
     if index > 0 and model.layers[index - 1].act != "u8":  # i16 inputs: the C kernels only
-        return c_kernels(layer)
+        return c_kernels(layer, model.input_max(index))
     if formats.get(layer.fmt).kernel == "int8":
         acc = int8_acc_bits(model, index)
         # the first layer walks its query half with skip, in the layer's layout: 24-bit skip blocks are 7 wide

@@ -110,6 +110,13 @@ def list_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
     return max(sizes)
 
 
+def sparse_hi_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
+    """The sparse kernel's upper sum bytes, shared by its hidden layers (templates/layers_c.c.j2): a 24-bit
+    sum keeps its low 16 bits (u8 outputs: 8) in the output itself and the rest here."""
+    return max([model.layers[i].n_out * (1 if model.layers[i].act == "i16" else 2)
+                for i, k in enumerate(kernels) if k.loop == "sparse" and model.layers[i].act] + [0])
+
+
 def _c_array(values: np.ndarray, per_line: int = 16) -> str:
     flat = [str(int(v)) for v in values.ravel()]
     return ",\n".join("    " + ", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line))
@@ -165,8 +172,8 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
         "n_in": layer.n_in,
         "n_out": layer.n_out,
         "row_bytes": packed.size // layer.n_out if kernel.loop == "c" else None,
-        "mask_row_bytes": -(-layer.n_in // 8),  # the sparse layout's mask bytes a row
-        "exceptions_n": sparse[2].size if sparse is not None else 0,
+        "mask_column_bytes": -(-layer.n_out // 8),  # the sparse layout's mask bytes a column
+        "exceptions_n": sparse[3].size if sparse is not None else 0,
         "weight_bytes": packed.size,
         "blocks": blocks,
         "block_bytes": layer.n_in * kernel.input_bytes,
@@ -195,8 +202,8 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     if arrays:
         thresholds = zero_thresholds(layer, mode) if skip_zeros else None
         if sparse is not None:
-            context.update(mask=_c_array(sparse[0]), signs=_c_array(sparse[1]), signs_n=max(sparse[1].size, 1),
-                           exceptions=_c_array(sparse[2]))
+            context.update(mask=_c_array(sparse[0]), counts=_c_array(sparse[1]), signs=_c_array(sparse[2]),
+                           signs_n=sparse[2].size, exceptions=_c_array(sparse[3]))
         context.update(
             weight_rows=_c_array(packed),
             rq_table=_c_array(requant_table(layer, not uniform, 2 if narrow else 4, thresholds, theta_bytes)),
@@ -211,10 +218,13 @@ def _c_kernels(model: IntModel, layers: list[dict]) -> list[dict]:
     and input type used by C-kernel layers."""
     kernels = []
     c_layers = [(i, l) for i, l in enumerate(layers) if l["kernel"].is_c]
-    for dot, act in sorted({(l["dot"], l["in_act"]) for _, l in c_layers}):
+    # the sparse kernel adds into its outputs' sums, whose form depends on the output's type too
+    kinds = {(l["dot"], l["in_act"], l["act"] or "i32" if l["dot"] == "sparse" else "") for _, l in c_layers}
+    for dot, act, out in sorted(kinds):
         # S of the 1-bit kernel (a sum of inputs) must not wrap: 16 bits while it is proven below 2^16
         widest = max(model.input_max(i) * l["n_in"] for i, l in c_layers if (l["dot"], l["in_act"]) == (dot, act))
-        kernels.append({"dot": dot, "act": act, "ctype": CTYPE[act], "sum_type": "uint16_t" if widest < 2**16 else "uint32_t"})
+        kernels.append({"dot": dot, "act": act, "out": out, "ctype": CTYPE[act],
+                        "sum_type": "uint16_t" if widest < 2**16 else "uint32_t"})
     return kernels
 
 
@@ -253,6 +263,7 @@ def template_context(model: IntModel, plan: Plan, kernels: str, layers: list[dic
         "unrolls": plan.unrolls(),
         "act_buffers": act_buffers(model),
         "list_bytes": list_bytes(model, plan.kernels),
+        "sparse_hi_bytes": sparse_hi_bytes(model, plan.kernels),
         "cache_ctype": cache_ctype(model),
         "charset_bytes": ", ".join(str(ord(c)) for c in model.charset),
         "info": f"model={_c_string(model.name)} id={mid} shape={shape} formats={','.join(model.formats)}"

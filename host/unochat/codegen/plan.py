@@ -44,6 +44,7 @@ from .layout import (
     environment,
     layer_context,
     list_bytes,
+    sparse_hi_bytes,
     template_context,
 )
 
@@ -75,7 +76,7 @@ def sram_bytes(model: IntModel, kernels: list[LayerKernel], cache: bool) -> int:
         state += cache_bytes(model, kernels[0])
     firmware = FIRMWARE_SRAM + 4 * (len(model.layers) + 3)
     sums = SUMS_BYTES + KERNEL_FRAME if any(not k.is_c for k in kernels) else 0
-    return firmware + sum(act_buffers(model)) + state + list_bytes(model, kernels) + sums
+    return firmware + sum(act_buffers(model)) + state + list_bytes(model, kernels) + sums + sparse_hi_bytes(model, kernels)
 
 
 def flash_bytes(model: IntModel, plan: Plan) -> int:
@@ -146,7 +147,7 @@ def plan_layers(model: IntModel, density: list[float] | None = None, board: Boar
     while any(not k.is_c for k in kernels):
         # the largest layer still in assembly goes to its smallest C kernel (sparse, where it is smaller)
         biggest = max((i for i, k in enumerate(kernels) if not k.is_c), key=lambda i: model.layers[i].weight.size)
-        kernels[biggest] = min(c_kernels(model.layers[biggest]),
+        kernels[biggest] = min(c_kernels(model.layers[biggest], model.input_max(biggest)),
                                key=lambda k, i=biggest: layer_context(model, i, k, c_plan(model), arrays=False)["weight_bytes"])
         if flash_bytes(model, make_plan(kernels, skip, UNROLLS[-1])) <= board.model_flash:
             break

@@ -199,7 +199,7 @@ def plans_to_measure(model: IntModel) -> Iterator[tuple[str, Plan | None]]:
     random layers are 0)."""
     yield "c", None
     hidden = len(model.layers) > 2
-    sparse = [k for k in c_kernels(model.layers[1]) if k.loop == "sparse"]
+    sparse = [k for k in c_kernels(model.layers[1], model.input_max(1)) if k.loop == "sparse"]
     for kernel in candidate_kernels(model, 1) + sparse:
         kernels = [LayerKernel("2bit", "skip"), kernel]
         kernels += [LayerKernel("1bit", "dense")] * (len(model.layers) - 2)

@@ -131,27 +131,33 @@ class WeightFormat:
 
 
 # The sparse layout of a codes2 layer (z80ai's levels: most weights 0, -2 rare), a C kernel's
-# (templates/layers_c.c.j2): per row, a bit per weight (1: nonzero), least significant first, the row padded
-# to whole bytes; then per row the signs of its nonzero weights in input order (1: negative), padded to a
-# byte (one zero byte ends the stream); a -2 weight is stored as -1 and listed once more as an exception,
-# by its flat index row * n_in +
-# column (uint16: a sparse layer has at most 65,536 weights). Measured on z80ai's tinychat model (74% of
-# its weights 0, 0.3% -2): 1.27 bits a weight against the planes' 2.
+# (templates/layers_c.c.j2), stored column by column so that the kernel visits only the columns of the
+# inputs that are not 0:
+# - mask: per input j, a bit per output (1: nonzero), least significant first, ceil(n_out / 8) bytes;
+# - counts: per input, how many of its weights are nonzero (uint8: the kernel moves the sign stream past a
+#   zero input's column by it; a column of 256 nonzero weights is not sparse);
+# - signs: the nonzero weights' signs (1: negative), column after column, one bit stream (one zero byte
+#   ends it: the kernel reads it 16 bits at a time);
+# - exceptions: a -2 weight is stored as -1 and listed once more, by its column-major index j * n_out + i
+#   (uint16: a sparse layer has at most 65,536 weights), in order.
+# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.32 bits a weight against the planes' 2.
 SPARSE_MAX_WEIGHTS = 2**16
-# the planner's cost of the sparse C kernel per weight, with its input nonzero and zero (unochat bench
-# --kernels: 256x256 ternary at 74% zero weights, 24.8 cycles a weight with every input nonzero, 7.1 with none)
-SPARSE_CYCLES_PER_WEIGHT = (24.8, 7.1)
+SPARSE_MAX_COLUMN = 255
+# the planner's cost of the sparse C kernel: cycles per weight of a nonzero input's column, and per zero
+# input (unochat bench --kernels: 256x256 ternary at 74% zero weights)
+SPARSE_CYCLES = (24.8, 7.1)
 
 
-def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask uint8 [n_out * ceil(n_in / 8)], signs uint8, exceptions uint16) of a codes2 layer."""
-    w = weight.astype(np.int64)
-    n_out, n_in = w.shape
+def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mask uint8 [n_in * ceil(n_out / 8)], counts uint8 [n_in], signs uint8, exceptions uint16) of a
+    codes2 layer."""
+    w = weight.astype(np.int64).T  # [in, out]: column by column
     mask = np.packbits(w != 0, axis=1, bitorder="little").ravel()
-    # one byte more at the end: the kernel reads the signs 16 bits at a time
-    signs = np.concatenate([np.packbits(row[row != 0] < 0, bitorder="little") for row in w] + [np.zeros(1, np.uint8)])
+    counts = (w != 0).sum(axis=1)
+    nonzero = w[w != 0]  # row-major over [in, out]: column after column, outputs in order
+    signs = np.concatenate([np.packbits(nonzero < 0, bitorder="little"), np.zeros(1, np.uint8)])
     exceptions = np.flatnonzero(w.ravel() == -2).astype(np.uint16)
-    return mask.astype(np.uint8), signs.astype(np.uint8), exceptions
+    return mask.astype(np.uint8), np.minimum(counts, 255).astype(np.uint8), signs.astype(np.uint8), exceptions
 
 
 # avr-gcc's largest array (its sizes are 16-bit signed): a random 2-bit 256x256 layer's -2 list (16,425
@@ -160,9 +166,10 @@ MAX_ARRAY_BYTES = 2**15 - 1
 
 
 def sparse_fits(weight: np.ndarray) -> bool:
-    """Whether a codes2 layer can be stored sparse: uint16 indices reach all its weights, and each of its
-    tables is an array avr-gcc allows."""
-    return weight.size <= SPARSE_MAX_WEIGHTS and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight))
+    """Whether a codes2 layer can be stored sparse: uint16 indices reach all its weights, a uint8 counts
+    each column's nonzero weights, and each of its tables is an array avr-gcc allows."""
+    return (weight.size <= SPARSE_MAX_WEIGHTS and int((weight != 0).sum(axis=0).max(initial=0)) <= SPARSE_MAX_COLUMN
+            and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight)))
 
 
 def sparse_bytes(weight: np.ndarray) -> int:
