@@ -57,9 +57,9 @@ def test_the_command_line_asks_the_registry(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_sparse_layout_only_where_avr_gcc_can_hold_its_tables() -> None:
-    """A random 2-bit 256x256 layer lists 16k -2 weights (32 KB, more than an AVR array may hold), and a layer
-    with few zeros is no smaller sparse: no sparse kernel is offered for them; a ternary layer, and a 2-bit
-    one with few -2 weights and many zeros, get one."""
+    """A random 2-bit 256x256 layer, a layer with few zeros (no smaller sparse) and one whose columns hold
+    more nonzero weights than the layout's 7 bits count get no sparse kernel; a sparse ternary layer, and a
+    2-bit one with few -2 weights and many zeros, get one."""
     from unochat.codegen.kernels import c_kernels
 
     rng = np.random.default_rng(0)
@@ -69,5 +69,6 @@ def test_sparse_layout_only_where_avr_gcc_can_hold_its_tables() -> None:
     assert loops("2bit", rng.choice([-2, -1, 0, 1], size=(256, 256))) == ["c"]
     assert loops("2bit", rng.choice([-2, -1, 0, 1], p=[0.01, 0.2, 0.59, 0.2], size=(256, 256))) == ["c", "sparse"]
     assert loops("2bit", rng.choice([-2, -1, 0, 1], p=[0.01, 0.5, 0.01, 0.48], size=(64, 64))) == ["c"]  # no smaller
-    assert loops("ternary", rng.choice([-1, 0, 1], size=(256, 256))) == ["c", "sparse"]
-    assert not formats.sparse_fits(np.zeros((257, 256), np.int8))  # past uint16 indices
+    assert loops("ternary", rng.choice([-1, 0, 1], p=[0.2, 0.6, 0.2], size=(256, 256))) == ["c", "sparse"]
+    assert loops("ternary", rng.choice([-1, 0, 1], size=(256, 256))) == ["c"]  # columns of over 127 nonzero weights
+    assert not formats.sparse_fits(np.zeros((257, 256), np.int8))  # an output is a byte

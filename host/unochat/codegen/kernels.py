@@ -32,7 +32,7 @@ KERNEL_FRAME = 14  # uk_frame: what a kernel's blocks share (unochat_kernels.S)
 COST_PER_CALL = 130.0
 COST_COMPACT = 10.0
 C_LOOPS = ("c", "sparse")
-SPARSE_SUM_LIMIT = 2**23  # the sparse kernel's 24-bit sums of a hidden layer
+SPARSE_SUM_LIMIT = 2**23 - 2**15  # the sparse kernel's 24-bit sums, stored plus 2^15
 
 
 @dataclass(frozen=True)
@@ -118,11 +118,11 @@ def int8_acc_bits(model: IntModel, index: int) -> int:
 def c_kernels(layer: IntLayer, input_max: int) -> list[LayerKernel]:
     """The C kernels a layer can run on: row-major, and sparse where its format and size allow it and it
     takes less flash (for z80ai-like weights, mostly 0; not for a random 2-bit layer's). The sparse kernel
-    keeps a hidden layer's sums in 24 bits (templates/layers_c.c.j2): only where every |acc| < 2^23 for
+    keeps its sums in 24 bits, plus 2^15 (templates/layers_c.c.j2): only where every |acc| < 2^23 - 2^15 for
     inputs up to `input_max`."""
     bound = int(np.abs(layer.weight.astype(np.int64)).sum(axis=1).max(initial=0)) * input_max
     sparse = (formats.get(layer.fmt).sparse and formats.sparse_fits(layer.weight)
-              and (layer.act is None or bound < SPARSE_SUM_LIMIT)
+              and bound < SPARSE_SUM_LIMIT
               and formats.sparse_bytes(layer.weight) < formats.get(layer.fmt).row_bytes(layer.n_in) * layer.n_out)
     return [LayerKernel(layer.fmt, "c")] + ([LayerKernel(layer.fmt, "sparse")] if sparse else [])
 

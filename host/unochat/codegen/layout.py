@@ -110,11 +110,19 @@ def list_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
     return max(sizes)
 
 
+def asm_kernel_names(model: IntModel, plan: Plan) -> list[str]:
+    """The assembly kernels a plan's firmware has: the plan's, and uk_sparse for sparse layers whose sums
+    have 16-bit low parts (i16 outputs, the logits; u8 outputs keep the C)."""
+    sparse = any(k.loop == "sparse" and model.layers[i].act != "u8" for i, k in enumerate(plan.kernels))
+    return plan.asm_kernels() + (["sparse"] if sparse else [])
+
+
 def sparse_hi_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
-    """The sparse kernel's upper sum bytes, shared by its hidden layers (templates/layers_c.c.j2): a 24-bit
-    sum keeps its low 16 bits (u8 outputs: 8) in the output itself and the rest here."""
-    return max([model.layers[i].n_out * (1 if model.layers[i].act == "i16" else 2)
-                for i, k in enumerate(kernels) if k.loop == "sparse" and model.layers[i].act] + [0])
+    """The sparse kernel's high sum bytes, shared by its layers (templates/layers_c.c.j2): a 24-bit sum
+    keeps its low 16 bits (u8 outputs: 8) in the output itself (the logits: their first bytes) and the
+    rest here."""
+    return max([model.layers[i].n_out * (2 if model.layers[i].act == "u8" else 1)
+                for i, k in enumerate(kernels) if k.loop == "sparse"] + [0])
 
 
 def _c_array(values: np.ndarray, per_line: int = 16) -> str:
@@ -173,7 +181,7 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
         "n_out": layer.n_out,
         "row_bytes": packed.size // layer.n_out if kernel.loop == "c" else None,
         "mask_column_bytes": -(-layer.n_out // 8),  # the sparse layout's mask bytes a column
-        "exceptions_n": sparse[3].size if sparse is not None else 0,
+        "minus2_n": int((layer.weight == -2).sum()) if sparse is not None else 0,
         "weight_bytes": packed.size,
         "blocks": blocks,
         "block_bytes": layer.n_in * kernel.input_bytes,
@@ -202,8 +210,8 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     if arrays:
         thresholds = zero_thresholds(layer, mode) if skip_zeros else None
         if sparse is not None:
-            context.update(mask=_c_array(sparse[0]), counts=_c_array(sparse[1]), signs=_c_array(sparse[2]),
-                           signs_n=sparse[2].size, exceptions=_c_array(sparse[3]))
+            context.update(columns=_c_array(sparse[0]), columns_n=sparse[0].size, signs=_c_array(sparse[1]),
+                           signs_n=sparse[1].size)
         context.update(
             weight_rows=_c_array(packed),
             rq_table=_c_array(requant_table(layer, not uniform, 2 if narrow else 4, thresholds, theta_bytes)),
@@ -219,7 +227,8 @@ def _c_kernels(model: IntModel, layers: list[dict]) -> list[dict]:
     kernels = []
     c_layers = [(i, l) for i, l in enumerate(layers) if l["kernel"].is_c]
     # the sparse kernel adds into its outputs' sums, whose form depends on the output's type too
-    kinds = {(l["dot"], l["in_act"], l["act"] or "i32" if l["dot"] == "sparse" else "") for _, l in c_layers}
+    kinds = {(l["dot"], l["in_act"], ("lo8" if l["act"] == "u8" else "lo16") if l["dot"] == "sparse" else "")
+             for _, l in c_layers}
     for dot, act, out in sorted(kinds):
         # S of the 1-bit kernel (a sum of inputs) must not wrap: 16 bits while it is proven below 2^16
         widest = max(model.input_max(i) * l["n_in"] for i, l in c_layers if (l["dot"], l["in_act"]) == (dot, act))
@@ -257,7 +266,7 @@ def template_context(model: IntModel, plan: Plan, kernels: str, layers: list[dic
         "plan": plan,
         "profile_requant": profile_requant,
         "c_kernels": _c_kernels(model, layers),
-        "asm_kernels": plan.asm_kernels(),
+        "asm_kernels": asm_kernel_names(model, plan),
         "rq_routines": rq_routines(layers),
         "sums_bytes": SUMS_BYTES,
         "unrolls": plan.unrolls(),

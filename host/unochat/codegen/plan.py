@@ -88,8 +88,9 @@ def flash_bytes(model: IntModel, plan: Plan) -> int:
                for i, k in enumerate(plan.kernels))
     code += C_REQUANT_FLASH * sum(not l["kernel"].is_c and l["rq"] == "c" for l in layers)
     assembly = 0
-    if plan.asm_kernels():
-        text = environment().get_template(ASSEMBLY + ".j2").render(**template_context(model, plan, "fast", layers))
+    context = template_context(model, plan, "fast", layers)
+    if context["asm_kernels"]:
+        text = environment().get_template(ASSEMBLY + ".j2").render(**context)
         assembly = 2 * len(re.findall(r"^\s+[a-z]+\b(?!:)", text, re.MULTILINE))
     store = 0
     if model.store is not None:

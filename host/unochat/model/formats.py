@@ -130,34 +130,38 @@ class WeightFormat:
         return (planes << np.arange(8)[None, :, None]).sum(axis=1).astype(np.uint8).ravel()
 
 
-# The sparse layout of a codes2 layer (z80ai's levels: most weights 0, -2 rare), a C kernel's
-# (templates/layers_c.c.j2), stored column by column so that the kernel visits only the columns of the
-# inputs that are not 0:
-# - mask: per input j, a bit per output (1: nonzero), least significant first, ceil(n_out / 8) bytes;
-# - counts: per input, how many of its weights are nonzero (uint8: the kernel moves the sign stream past a
-#   zero input's column by it; a column of 256 nonzero weights is not sparse);
+# The sparse layout of a codes2 layer (z80ai's levels: most weights 0, -2 rare), the sparse kernel's
+# (templates/layers_c.c.j2, unochat_kernels.S.j2), stored column by column so that the kernel visits only
+# the columns of the inputs that are not 0:
+# - columns: per input j, a byte: how many of its weights are nonzero (bits 0-6: the kernel moves the sign
+#   stream past a zero input's column by it), bit 7 set if some of them are -2; then a bit per output (1:
+#   nonzero), least significant first, ceil(n_out / 8) bytes; then, if bit 7 is set, how many are -2 and
+#   the output of each (a byte each): a -2 weight is stored as -1 and taken once more;
 # - signs: the nonzero weights' signs (1: negative), column after column, one bit stream (one zero byte
-#   ends it: the kernel reads it 16 bits at a time);
-# - exceptions: a -2 weight is stored as -1 and listed once more, by its column-major index j * n_out + i
-#   (uint16: a sparse layer has at most 65,536 weights), in order.
-# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.32 bits a weight against the planes' 2.
-SPARSE_MAX_WEIGHTS = 2**16
-SPARSE_MAX_COLUMN = 255
-# the planner's cost of the sparse C kernel: cycles per weight of a nonzero input's column, and per zero
+#   ends it: the C reads it 16 bits at a time).
+# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.31 bits a weight against the planes' 2.
+SPARSE_MAX_COLUMN = 127  # nonzero weights in a column: 7 bits
+SPARSE_MAX_OUTPUTS = 256  # an output is a byte
+SPARSE_MAX_SIGNS = 2**16  # the kernel's bit offset in the sign stream is 16 bits
+# the planner's cost of the sparse kernel: cycles per weight of a nonzero input's column, and per zero
 # input (unochat bench --kernels: 256x256 ternary at 74% zero weights)
 SPARSE_CYCLES = (24.8, 7.1)
+MINUS2_FLAG = 0x80
 
 
-def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mask uint8 [n_in * ceil(n_out / 8)], counts uint8 [n_in], signs uint8, exceptions uint16) of a
-    codes2 layer."""
+def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns uint8, signs uint8) of a codes2 layer (module comment above)."""
     w = weight.astype(np.int64).T  # [in, out]: column by column
-    mask = np.packbits(w != 0, axis=1, bitorder="little").ravel()
-    counts = (w != 0).sum(axis=1)
+    columns = []
+    for column in w:
+        minus2 = np.flatnonzero(column == -2)
+        head = min(int((column != 0).sum()), SPARSE_MAX_COLUMN) | (MINUS2_FLAG if minus2.size else 0)
+        columns += [[head], np.packbits(column != 0, bitorder="little")]
+        if minus2.size:
+            columns += [[minus2.size], minus2]
     nonzero = w[w != 0]  # row-major over [in, out]: column after column, outputs in order
     signs = np.concatenate([np.packbits(nonzero < 0, bitorder="little"), np.zeros(1, np.uint8)])
-    exceptions = np.flatnonzero(w.ravel() == -2).astype(np.uint16)
-    return mask.astype(np.uint8), np.minimum(counts, 255).astype(np.uint8), signs.astype(np.uint8), exceptions
+    return np.concatenate(columns).astype(np.uint8), signs.astype(np.uint8)
 
 
 # avr-gcc's largest array (its sizes are 16-bit signed): a random 2-bit 256x256 layer's -2 list (16,425
@@ -166,10 +170,11 @@ MAX_ARRAY_BYTES = 2**15 - 1
 
 
 def sparse_fits(weight: np.ndarray) -> bool:
-    """Whether a codes2 layer can be stored sparse: uint16 indices reach all its weights, a uint8 counts
-    each column's nonzero weights, and each of its tables is an array avr-gcc allows."""
-    return (weight.size <= SPARSE_MAX_WEIGHTS and int((weight != 0).sum(axis=0).max(initial=0)) <= SPARSE_MAX_COLUMN
-            and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight)))
+    """Whether a codes2 layer can be stored sparse: each column's count of nonzero weights fits its 7 bits,
+    each output a byte, the sign stream 16-bit offsets, and each table is an array avr-gcc allows."""
+    nonzero = weight != 0
+    return (weight.shape[0] <= SPARSE_MAX_OUTPUTS and int(nonzero.sum(axis=0).max(initial=0)) <= SPARSE_MAX_COLUMN
+            and int(nonzero.sum()) < SPARSE_MAX_SIGNS and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight)))
 
 
 def sparse_bytes(weight: np.ndarray) -> int:
