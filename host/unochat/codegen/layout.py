@@ -148,8 +148,7 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     narrow = bool((np.abs(layer.bias) < 2**15).all())
     sparse = None
     if kernel.loop == "sparse":
-        sparse = formats.pack_sparse(layer.weight)
-        packed = np.concatenate([a.view(np.uint8) for a in sparse])  # only its size: the arrays go apart
+        packed = sparse = formats.pack_sparse(layer.weight)
         blocks = layer.n_out
     elif kernel.loop == "c":
         packed = formats.get(layer.fmt).pack_rows(layer.weight)
@@ -210,8 +209,7 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
     if arrays:
         thresholds = zero_thresholds(layer, mode) if skip_zeros else None
         if sparse is not None:
-            context.update(columns=_c_array(sparse[0]), columns_n=sparse[0].size, signs=_c_array(sparse[1]),
-                           signs_n=sparse[1].size)
+            context.update(records=_c_array(sparse))
         context.update(
             weight_rows=_c_array(packed),
             rq_table=_c_array(requant_table(layer, not uniform, 2 if narrow else 4, thresholds, theta_bytes)),

@@ -131,37 +131,42 @@ class WeightFormat:
 
 
 # The sparse layout of a codes2 layer (z80ai's levels: most weights 0, -2 rare), the sparse kernel's
-# (templates/layers_c.c.j2, unochat_kernels.S.j2), stored column by column so that the kernel visits only
-# the columns of the inputs that are not 0:
-# - columns: per input j, a byte: how many of its weights are nonzero (bits 0-6: the kernel moves the sign
-#   stream past a zero input's column by it), bit 7 set if some of them are -2; then a bit per output (1:
-#   nonzero), least significant first, ceil(n_out / 8) bytes; then, if bit 7 is set, how many are -2 and
-#   the output of each (a byte each): a -2 weight is stored as -1 and taken once more;
-# - signs: the nonzero weights' signs (1: negative), column after column, one bit stream (one zero byte
-#   ends it: the C reads it 16 bits at a time).
-# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.31 bits a weight against the planes' 2.
-SPARSE_MAX_COLUMN = 127  # nonzero weights in a column: 7 bits
-SPARSE_MAX_OUTPUTS = 256  # an output is a byte
-SPARSE_MAX_SIGNS = 2**16  # the kernel's bit offset in the sign stream is 16 bits
+# (templates/layers_c.c.j2, unochat_kernels.S.j2): one record per input, so that the kernel visits only
+# the records of the inputs that are not 0 and steps over the others by their length:
+# - a byte: the record's length after it (at most 255);
+# - a bit per output (1: the weight is nonzero), least significant first, ceil(n_out / 8) mask bytes; the
+#   signs of the nonzero weights (1: negative), 8 a byte, in output order, each sign byte right after the
+#   mask byte whose set bits first need it (a mask byte needs at most one);
+# - the output of each -2 weight (a byte each, so at most 256 outputs): it is stored as -1 and taken
+#   once more.
+# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.35 bits a weight against the planes' 2.
+SPARSE_MAX_OUTPUTS = 256
+SPARSE_MAX_RECORD = 255
 # the planner's cost of the sparse kernel: cycles per weight of a nonzero input's column, and per zero
 # input (unochat bench --kernels: 256x256 ternary at 74% zero weights)
 SPARSE_CYCLES = (24.8, 7.1)
-MINUS2_FLAG = 0x80
 
 
-def pack_sparse(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(columns uint8, signs uint8) of a codes2 layer (module comment above)."""
-    w = weight.astype(np.int64).T  # [in, out]: column by column
-    columns = []
-    for column in w:
-        minus2 = np.flatnonzero(column == -2)
-        head = min(int((column != 0).sum()), SPARSE_MAX_COLUMN) | (MINUS2_FLAG if minus2.size else 0)
-        columns += [[head], np.packbits(column != 0, bitorder="little")]
-        if minus2.size:
-            columns += [[minus2.size], minus2]
-    nonzero = w[w != 0]  # row-major over [in, out]: column after column, outputs in order
-    signs = np.concatenate([np.packbits(nonzero < 0, bitorder="little"), np.zeros(1, np.uint8)])
-    return np.concatenate(columns).astype(np.uint8), signs.astype(np.uint8)
+def sparse_record(column: np.ndarray) -> list[int]:
+    """One input's record (its length byte first) from its column of weights (module comment above)."""
+    mask = np.packbits(column != 0, bitorder="little")
+    signs = (column[column != 0] < 0).astype(np.int64)
+    record, used, left = [], 0, 0  # signs taken, and left in the last sign byte read
+    for byte in mask.tolist():
+        record.append(byte)
+        need = bin(byte).count("1")
+        if need > left:  # the kernel reads the next sign byte while it walks this mask byte
+            chunk = signs[used + left:used + left + 8]
+            record.append(int((chunk << np.arange(chunk.size)).sum()))
+            left += 8
+        used, left = used + need, left - need
+    record += np.flatnonzero(column == -2).tolist()
+    return [len(record)] + record
+
+
+def pack_sparse(weight: np.ndarray) -> np.ndarray:
+    """The records of a codes2 layer, input after input (uint8)."""
+    return np.array([b for column in weight.astype(np.int64).T for b in sparse_record(column)], dtype=np.int64).astype(np.uint8)
 
 
 # avr-gcc's largest array (its sizes are 16-bit signed): a random 2-bit 256x256 layer's -2 list (16,425
@@ -170,16 +175,17 @@ MAX_ARRAY_BYTES = 2**15 - 1
 
 
 def sparse_fits(weight: np.ndarray) -> bool:
-    """Whether a codes2 layer can be stored sparse: each column's count of nonzero weights fits its 7 bits,
-    each output a byte, the sign stream 16-bit offsets, and each table is an array avr-gcc allows."""
-    nonzero = weight != 0
-    return (weight.shape[0] <= SPARSE_MAX_OUTPUTS and int(nonzero.sum(axis=0).max(initial=0)) <= SPARSE_MAX_COLUMN
-            and int(nonzero.sum()) < SPARSE_MAX_SIGNS and all(a.nbytes <= MAX_ARRAY_BYTES for a in pack_sparse(weight)))
+    """Whether a codes2 layer can be stored sparse: its outputs numbered in a byte, each record's length
+    in a byte, and its records an array avr-gcc allows."""
+    if weight.shape[0] > SPARSE_MAX_OUTPUTS:
+        return False
+    records = [sparse_record(column) for column in weight.astype(np.int64).T]
+    return max((len(r) - 1 for r in records), default=0) <= SPARSE_MAX_RECORD and sum(map(len, records)) <= MAX_ARRAY_BYTES
 
 
 def sparse_bytes(weight: np.ndarray) -> int:
     """Flash of a layer stored sparse."""
-    return sum(a.nbytes for a in pack_sparse(weight))
+    return pack_sparse(weight).size
 
 
 FORMATS = {
