@@ -30,7 +30,7 @@ def test_z80ai_stock_model_fits_sparse(firmware_project):
     report = build_firmware(model, firmware_project, quiet=True)
     assert report.flash_bytes <= UNO.flash_limit and UNO.sram - report.sram_bytes >= UNO.stack_reserve
     generated = (firmware_project / "firmware" / "generated" / "unochat_model.c").read_text()
-    assert generated.count("sparse by column (") == 4 and "the outputs of its -2 weights (254 in all)" in generated
+    assert generated.count(", sparse: a record per input (") == 4 and "the outputs of its -2 weights (254 in all)" in generated
 
 
 def test_a_model_too_big_is_refused_with_the_budget_message(firmware_project):

@@ -303,6 +303,25 @@ def test_extreme_sums_on_device(build_plan: Callable, middle: LayerKernel) -> No
 
 
 @on_device
+def test_sparse_kernel_carries_on_device(build_plan: Callable) -> None:
+    """uk_sparse where sums often leave [-2^15, 2^15) (i16 activations, z80ai's form, here near 32,767): the
+    low 16 bits carry into the high byte and borrow from it, through +x, -x and a -2 weight's second -x,
+    fixed out of line; every layer sparse (u8 inputs, i16 inputs, the logits; records of 5 mask bytes,
+    an odd count), bit-exact with the reference."""
+    model = random_model(6, ["2bit", "ternary", "2bit"], [40, 24], act="i16")
+    plan = _plan(*[LayerKernel(f, "sparse") for f in model.formats], cache=False)
+    x = random_inputs(5, 8, model.shape[0])
+    hidden = reference.forward(model, x)[:-1]
+    accs = [h.astype(np.int64) @ layer.weight.T.astype(np.int64) for h, layer in zip(hidden, model.layers[1:])]
+    assert all((np.abs(acc) >= 2**15).any() and (np.abs(acc) < 2**15).any() for acc in accs)
+    assert (model.layers[0].weight == -2).any() and (model.layers[2].weight == -2).any()
+    elf, _ = build_plan(model, plan)
+    with connect(sim=elf) as client:
+        for xi in x:
+            np.testing.assert_array_equal(client.logits(xi), reference.logits(model, xi)[0])
+
+
+@on_device
 def test_flash_fallback_holds_on_the_real_elf(build_plan: Callable) -> None:
     """The wide model of test_wide_model_fits_only_with_the_c_kernels, built: even the smallest fast plan
     (dense, unrolled 4 times, no thresholds, no cache) is over the flash limit on the real ELF, as the

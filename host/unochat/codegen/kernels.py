@@ -12,6 +12,13 @@ can run these loops over weights stored in blocks of output neurons (model/forma
 A kernel call runs as many blocks as uk_sums (SUMS_BYTES) holds, and one uk_rq call requantizes them
 straight from the kernel's sums: the calls' costs (registers saved, pointers, the C around them) are
 paid once a group, not once a block.
+
+Any layer of codes2 levels with most weights 0 (z80ai's, ternary) can also be stored sparse
+(model/formats.py `sparse_record`: a record per input) for the sparse kernel: only the nonzero inputs'
+records are walked, each adding its input to the sums of its nonzero weights' outputs, kept in SRAM (24
+bits: the low 16 in the outputs themselves, the high byte apart), then requantized in C. On AVR
+uk_sparse walks them (u8 outputs keep the C walk). It takes u8 and i16 inputs; the planner gives it a
+layer of i16 inputs, and any layer the fast plan cannot fit in flash, where it is the smallest.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ SPARSE_SUM_LIMIT = 2**23 - 2**15  # the sparse kernel's 24-bit sums, stored plus
 @dataclass(frozen=True)
 class LayerKernel:
     """How the fast path computes one layer's sums: `loop` is "dense", "skip", "list" (assembly), "c" (C over
-    row-major weights) or "sparse" (C over the sparse layout of model/formats.py)."""
+    row-major weights) or "sparse" (the sparse layout of model/formats.py, walked by uk_sparse on AVR)."""
 
     fmt: str
     loop: str
@@ -50,7 +57,8 @@ class LayerKernel:
 
     @property
     def is_c(self) -> bool:
-        """A C kernel (no assembly): one output neuron at a time, requantized in C."""
+        """Requantized in C, one output neuron at a time, with no kernel calls in blocks ("sparse" walks
+        in assembly, once a layer)."""
         return self.loop in C_LOOPS
 
     @property
@@ -98,7 +106,7 @@ def layer_cycles(layer: IntLayer, kernel: LayerKernel, density: float, inputs: i
     """Estimated cycles of one layer's sums over `inputs` of its inputs (default all) at a fraction
     `density` of them nonzero; requantization is left out (the same for every kernel)."""
     inputs = layer.n_in if inputs is None else inputs
-    if kernel.loop == "sparse":  # a column per nonzero input, a step per zero one
+    if kernel.loop == "sparse":  # a record per nonzero input, a step over a zero one
         per_weight, per_zero_input = formats.SPARSE_CYCLES
         return inputs * (density * per_weight * layer.n_out + (1 - density) * per_zero_input)
     if kernel.loop == "c":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,7 @@ def expander(n_out: int) -> IntLayer:
 
 
 def random_layer(rng: np.random.Generator, fmt: str, n_in: int, n_out: int, last: bool,
-                 x: np.ndarray | None = None) -> IntLayer:
+                 x: np.ndarray | None = None, act: str = "u8") -> IntLayer:
     """Random weights of `fmt` ("int8/16": int8 whose sums fit 16 bits), mult and bias; with an input x,
     the biases are centered so that about half the outputs of x are 0, as a ReLU layer's typically are."""
     if fmt == "int8/16":
@@ -166,16 +166,16 @@ def random_layer(rng: np.random.Generator, fmt: str, n_in: int, n_out: int, last
     bias = rng.integers(-(2**14), 2**14, size=n_out)
     if x is not None:
         bias -= (weight.astype(np.int64) @ x.astype(np.int64)) * mult
-    return IntLayer(fmt, weight, mult, bias, 12, None if last else "u8")
+    return IntLayer(fmt, weight, mult, bias, 12, None if last else act)
 
 
-def bench_model(fmt: str, n_in: int, n_out: int, seed: int = 0) -> IntModel:
-    """expander -> the layer under test (n_in -> n_out) [-> 3 outputs]."""
+def bench_model(fmt: str, n_in: int, n_out: int, seed: int = 0, act: str = "u8") -> IntModel:
+    """expander -> the layer under test (n_in -> n_out, outputs `act` unless it is the last) [-> 3 outputs]."""
     rng = np.random.default_rng(seed)
     last = n_out == len(CHARSET_40)
     first = expander(n_in)
     dense = first.weight.astype(np.int64) @ bench_inputs(1.0).astype(np.int64)  # what the layer sees
-    layers = [first, random_layer(rng, fmt, n_in, n_out, last, dense)]
+    layers = [first, random_layer(rng, fmt, n_in, n_out, last, dense, act)]
     if not last:
         layers.append(random_layer(rng, "1bit", n_out, len(CHARSET_SMALL), True))
     name = f"bench-{fmt.replace('/', '-')}-{n_in}x{n_out}"
@@ -194,7 +194,8 @@ def bench_inputs(density: float, seed: int = 0) -> np.ndarray:
 
 def plans_to_measure(model: IntModel) -> Iterator[tuple[str, Plan | None]]:
     """(path, plan): the C path, then one fast plan per kernel the generator could pick for layer 1 (the
-    sparse C layout among them, for the formats that have it). A hidden layer under test skips its zero
+    sparse layout among them, for the formats that have it; measure_layer times it with i16 outputs, as
+    z80ai's layers have, which uk_sparse walks). A hidden layer under test skips its zero
     outputs' requantization, as the generator has it do for ReLU layers (about half the outputs of these
     random layers are 0)."""
     yield "c", None
@@ -221,17 +222,21 @@ def measure_layer(project: Path, fmt: str, n_in: int, n_out: int, density: float
     inputs = {"dense": bench_inputs(1.0), "sparse": bench_inputs(density), "zero": bench_inputs(0.0)}
     results = []
     for path, plan in plans_to_measure(model):
-        elf, flash = build_for_simulator(model, project, path, plan)
+        kernel = plan.kernels[1] if plan else LayerKernel(fmt, "c", int8_acc_bits(model, 1) if fmt == "int8" else 16)
+        tested = model
+        if kernel.loop == "sparse":  # with i16 outputs, as z80ai's layers have: the kernel's assembly (uk_sparse)
+            tested = bench_model(fmt, n_in, n_out, act="i16")
+            plan = replace(plan, kernels=plan.kernels[:2] + [LayerKernel(layer.fmt, "c") for layer in tested.layers[2:]])
+        elf, flash = build_for_simulator(tested, project, path, plan)
         cycles = {}
         with connect(sim=elf) as client:
             for name, x in inputs.items():
                 cycles[name] = layer_profile(client, x)[1]
-                if not np.array_equal(client.logits(x), reference.logits(model, x)[0]):
-                    raise AssertionError(f"{model.name} {path} {plan.kernels[1] if plan else ''}: logits differ")
-        acc = int8_acc_bits(model, 1) if fmt == "int8" else 16
-        kernel = plan.kernels[1] if plan else LayerKernel(fmt, "c", acc)
-        asm = symbol_sizes(elf).get(f"uk_{kernel.asm}", 0) if kernel.asm else 0
-        outputs = reference.forward(model, inputs["dense"])[1]
+                if not np.array_equal(client.logits(x), reference.logits(tested, x)[0]):
+                    raise AssertionError(f"{tested.name} {path} {plan.kernels[1] if plan else ''}: logits differ")
+        asm = "uk_sparse" if kernel.loop == "sparse" else f"uk_{kernel.asm}" if kernel.asm else None
+        asm = symbol_sizes(elf).get(asm, 0) if asm else 0
+        outputs = reference.forward(tested, inputs["dense"])[1]
         results.append(KernelResult(
             format=fmt, kernel=kernel.loop, path=path, inputs=n_in, outputs=n_out,
             acc_bits=kernel.acc_bits, cycles=cycles["dense"], cycles_per_weight=cycles["dense"] / (n_in * n_out),

@@ -139,12 +139,14 @@ class WeightFormat:
 #   mask byte whose set bits first need it (a mask byte needs at most one);
 # - the output of each -2 weight (a byte each, so at most 256 outputs): it is stored as -1 and taken
 #   once more.
-# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 1.35 bits a weight against the planes' 2.
+# Measured on z80ai's tinychat model (74% of its weights 0, 0.3% -2): 24,605 B, 1.36 bits a weight against the
+# planes' 2 (18,048 B of masks, 5,282 of signs, 832 of lengths, 443 of -2 outputs).
 SPARSE_MAX_OUTPUTS = 256
 SPARSE_MAX_RECORD = 255
-# the planner's cost of the sparse kernel: cycles per weight of a nonzero input's column, and per zero
-# input (unochat bench --kernels: 256x256 ternary at 74% zero weights)
-SPARSE_CYCLES = (24.8, 7.1)
+# the planner's cost of the sparse kernel (uk_sparse): cycles per weight of a nonzero input's record, and
+# per zero input (unochat bench --kernels, ternary at 74% zero weights, 256x128 against 128x128: 8.11
+# cycles a weight with every input nonzero, 18.0 an input with none)
+SPARSE_CYCLES = (8.1, 18.0)
 
 
 def sparse_record(column: np.ndarray) -> list[int]:
