@@ -161,7 +161,7 @@ def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, 
         assert models["binary"].shape[1:3] == [12, 8] and models["binary"].formats == ["1bit"] * 3
         assert models["ternary"].shape[1:3] == [12, 8] and models["ternary"].formats == ["ternary"] * 3
         zeros = [float((layer.weight == 0).mean()) for layer in models["ternary"].layers]
-        assert all(z == pytest.approx(0.7, abs=0.1) for z in zeros), zeros  # the recipe's sparsity, per row
+        assert all(z == pytest.approx(Recipe().ternary_sparsity, abs=0.1) for z in zeros), zeros  # the recipe's, per row
         assert models["best"].shape[1:3] == [16, 8]
         assert models["binary"].meta["parent"] == models["ternary"].meta["parent"] == str(folder / "pruned.pt")
         assert all(m.meta["config"]["heldout"] == heldout for m in models.values())

@@ -4,7 +4,7 @@
     baseline  QAT from scratch (default 256-192-128 at 2 bits, the original's baseline shape)
     pruned    baseline with half of every hidden layer's neurons removed, fine-tuned at its bits
     binary    pruned at 1 bit per weight, fine-tuned (its latent weights carried over), with warm restarts
-    ternary   pruned at ternary weights ({-1, 0, +1}, 70% of each row 0), fine-tuned the same way
+    ternary   pruned at ternary weights ({-1, 0, +1}, half of each row 0), fine-tuned the same way
     best      the best model known to fit the UNO, trained from scratch (160-128-96 at 2 bits)
 and writes OUT_DIR/<variant>.pt + .npz and OUT_DIR/pipeline.json (the variants in order, for
 `unochat bench OUT_DIR`). With `heldout` > 0 every variant is made a second time, by the same recipe, on the
