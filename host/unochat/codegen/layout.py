@@ -179,7 +179,7 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
         "n_in": layer.n_in,
         "n_out": layer.n_out,
         "row_bytes": packed.size // layer.n_out if kernel.loop == "c" else None,
-        "mask_column_bytes": -(-layer.n_out // 8),  # the sparse layout's mask bytes a column
+        "mask_bytes": -(-layer.n_out // 8),  # the mask bytes of a sparse record
         "minus2_n": int((layer.weight == -2).sum()) if sparse is not None else 0,
         "weight_bytes": packed.size,
         "blocks": blocks,
