@@ -405,9 +405,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.parts:
         from ..measure import breakdown
 
-        rows = breakdown.breakdowns([load_model(m) for m in models or [DEFAULT_MODEL]],
-                                    args.queries or SAMPLE_QUERIES)
-        print("\n".join(row.table() for row in rows))
+        rows, skipped = breakdown.breakdowns([load_model(m) for m in models or [DEFAULT_MODEL]],
+                                             args.queries or SAMPLE_QUERIES)
+        print("\n".join([row.table() for row in rows] + skipped))
         _write_json(breakdown.write_json, rows, args.json)
         return 1 if any(row.mismatches for row in rows) else 0
     from ..measure import bench
