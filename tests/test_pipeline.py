@@ -144,6 +144,17 @@ def test_warm_restarts_leave_the_best_state_of_all_cycles(data_path, tmp_path):
     assert integer_accuracy(ck.model, ck.charset, ck.features, x, y) == pytest.approx(max(scores))
 
 
+def test_fine_tuning_with_focus_reports_every_epoch(data_path, tmp_path):
+    """`on_epoch` (a search's per-trial time limit) hears every epoch of a focused fine-tuning, restarts too."""
+    config = TrainConfig(hidden=[24, 16], formats=["2bit"] * 3, epochs=2, batch_size=64, eval_every=1)
+    train(data_path, config, tmp_path / "base.pt", progress=False)
+    tune = FineTune(epochs=2, eval_every=1, batch_size=64, focus=PairFocus(), restarts=1, restart_epochs=2)
+    heard = []
+    result = finetune.prune_checkpoint(tmp_path / "base.pt", tmp_path / "p.pt", [0.5], tune, progress=False,
+                                       on_epoch=lambda epoch, score: heard.append(epoch))
+    assert len(heard) == result.fit.epochs_run >= 2
+
+
 def test_pipeline_makes_every_variant_and_its_heldout_twin(data_path, tmp_path, capsys):
     out = tmp_path / "pipe"
     argv = ["pipeline", "--data", str(data_path), "--out-dir", str(out), "--variants", "binary,ternary,best",

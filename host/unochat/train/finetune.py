@@ -103,8 +103,8 @@ def derive(
                                  [layer.fmt for layer in model.linears]), sparsity=model.sparsity)
     hooks = {"on_epoch": on_epoch}
     if tune.focus is not None:
-        hooks = {"weights": focus_weights(tune.focus, examples),
-                 "score": lambda int_model: whole_pairs_right(int_model, examples)}
+        hooks.update(weights=focus_weights(tune.focus, examples),
+                     score=lambda int_model: whole_pairs_right(int_model, examples))
     fitted = fit(model, xy, config, ck.charset, ck.features, progress=progress, allowed=examples.allowed, **hooks)
     for _ in range(tune.restarts):
         best_state = copy.deepcopy(model.state_dict())
