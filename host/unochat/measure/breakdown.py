@@ -68,9 +68,10 @@ def breakdown(project: Path, model: IntModel, queries: list[str], path: str = "f
     charged half to the requantization it brackets). The C path requantizes inside its layer loops: its
     requantization is not timed apart (0)."""
     expected = reference.generate(model, queries)
+    plan = plan_for(model, path)
     runs = {}
     for profiled in (False, True) if path == "fast" else (False,):
-        elf, flash = build_for_simulator(model, project, path, profile_requant=profiled)
+        elf, flash = build_for_simulator(model, project, path, plan, profile_requant=profiled)
         with connect(sim=elf) as client:
             runs[profiled] = [client.timed_reply(q) for q in queries]
             if not profiled:
@@ -85,7 +86,7 @@ def breakdown(project: Path, model: IntModel, queries: list[str], path: str = "f
     taken = [sum(t.layer_cycles[i] for t in timed) - sum(t.layer_cycles[i] for t in profiled)
              for i in range(len(model.layers))]
     scale = rq_total / max(sum(taken), 1)
-    in_c = [path == "c" or k.is_c for k in plan_for(model, path).kernels]
+    in_c = [k.is_c for k in plan.kernels]
     mismatches = sum(t.reply != e for run in (r for k, r in runs.items() if k in (False, True))
                      for t, e in zip(run, expected))
     network = stats.ctx + sum(stats.layers) + stats.argmax
