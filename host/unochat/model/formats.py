@@ -166,13 +166,16 @@ def sparse_record(column: np.ndarray) -> list[int]:
     return [len(record)] + record
 
 
+def _records(weight: np.ndarray) -> list[list[int]]:
+    return [sparse_record(column) for column in weight.astype(np.int64).T]
+
+
 def pack_sparse(weight: np.ndarray) -> np.ndarray:
-    """The records of a codes2 layer, input after input (uint8)."""
-    return np.array([b for column in weight.astype(np.int64).T for b in sparse_record(column)], dtype=np.int64).astype(np.uint8)
+    """The records of a codes2 layer, input after input (uint8; a layer sparse_fits refuses may not pack)."""
+    return np.array([b for record in _records(weight) for b in record], dtype=np.uint8)
 
 
-# avr-gcc's largest array (its sizes are 16-bit signed): a random 2-bit 256x256 layer's -2 list (16,425
-# entries) would be 32,850 B
+# avr-gcc's largest array (its sizes are 16-bit signed)
 MAX_ARRAY_BYTES = 2**15 - 1
 
 
@@ -181,7 +184,7 @@ def sparse_fits(weight: np.ndarray) -> bool:
     in a byte, and its records an array avr-gcc allows."""
     if weight.shape[0] > SPARSE_MAX_OUTPUTS:
         return False
-    records = [sparse_record(column) for column in weight.astype(np.int64).T]
+    records = _records(weight)
     return max((len(r) - 1 for r in records), default=0) <= SPARSE_MAX_RECORD and sum(map(len, records)) <= MAX_ARRAY_BYTES
 
 
