@@ -110,10 +110,16 @@ def list_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
     return max(sizes)
 
 
+def sparse_lo16(act: str | None) -> bool:
+    """Whether a sparse layer of outputs `act` keeps its sums' low 16 bits in its outputs (i16 outputs, the
+    logits: uk_sparse walks it on AVR) rather than 8 (u8 outputs: the C walk), the high part apart."""
+    return act != "u8"
+
+
 def asm_kernel_names(model: IntModel, plan: Plan) -> list[str]:
     """The assembly kernels a plan's firmware has: the plan's, and uk_sparse for sparse layers whose sums
     have 16-bit low parts (i16 outputs, the logits; u8 outputs keep the C)."""
-    sparse = any(k.loop == "sparse" and model.layers[i].act != "u8" for i, k in enumerate(plan.kernels))
+    sparse = any(k.loop == "sparse" and sparse_lo16(model.layers[i].act) for i, k in enumerate(plan.kernels))
     return plan.asm_kernels() + (["sparse"] if sparse else [])
 
 
@@ -121,7 +127,7 @@ def sparse_hi_bytes(model: IntModel, kernels: list[LayerKernel]) -> int:
     """The sparse kernel's high sum bytes, shared by its layers (templates/layers_c.c.j2): a 24-bit sum
     keeps its low 16 bits (u8 outputs: 8) in the output itself (the logits: their first bytes) and the
     rest here."""
-    return max([model.layers[i].n_out * (2 if model.layers[i].act == "u8" else 1)
+    return max([model.layers[i].n_out * (1 if sparse_lo16(model.layers[i].act) else 2)
                 for i, k in enumerate(kernels) if k.loop == "sparse"] + [0])
 
 
@@ -181,6 +187,7 @@ def layer_context(model: IntModel, i: int, kernel: LayerKernel, plan: Plan, arra
         "row_bytes": packed.size // layer.n_out if kernel.loop == "c" else None,
         "mask_bytes": -(-layer.n_out // 8),  # the mask bytes of a sparse record
         "minus2_n": int((layer.weight == -2).sum()) if sparse is not None else 0,
+        "sparse_lo16": sparse_lo16(layer.act),
         "weight_bytes": packed.size,
         "blocks": blocks,
         "block_bytes": layer.n_in * kernel.input_bytes,
@@ -225,7 +232,7 @@ def _c_kernels(model: IntModel, layers: list[dict]) -> list[dict]:
     kernels = []
     c_layers = [(i, l) for i, l in enumerate(layers) if l["kernel"].is_c]
     # the sparse kernel adds into its outputs' sums, whose form depends on the output's type too
-    kinds = {(l["dot"], l["in_act"], ("lo8" if l["act"] == "u8" else "lo16") if l["dot"] == "sparse" else "")
+    kinds = {(l["dot"], l["in_act"], ("lo16" if l["sparse_lo16"] else "lo8") if l["dot"] == "sparse" else "")
              for _, l in c_layers}
     for dot, act, out in sorted(kinds):
         # S of the 1-bit kernel (a sum of inputs) must not wrap: 16 bits while it is proven below 2^16
